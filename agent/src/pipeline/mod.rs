@@ -1,0 +1,208 @@
+//! The image pipeline engine: bytes of one image + a job spec → bytes of the result.
+//!
+//! ```text
+//! probe (sniff, header, limits) → decode (shrink-on-load) → steps → encode
+//! ```
+//!
+//! A [`Pipeline`] is built once per job (it checks that this build can run
+//! every step) and then shared by every worker thread; [`Pipeline::process`]
+//! handles one image and never panics on bad input: every failure is a
+//! [`PipelineError`] naming the problem.
+//!
+//! Shrink-on-load: when the steps begin with `resize` (after any `orient`),
+//! JPEGs are decoded at 1/2, 1/4 or 1/8 scale, leaving at least a factor of
+//! two for the Lanczos3 resampler, as libvips does. The resize is planned
+//! from the full-size dimensions, so the output size never depends on it.
+
+mod decode;
+mod encode;
+mod error;
+pub mod geometry;
+pub mod jpeg;
+mod limits;
+mod ops;
+
+pub use decode::{Probe, SourceFormat, probe, sniff};
+pub use error::PipelineError;
+pub use limits::Limits;
+
+use image::metadata::Orientation;
+use pixmesh_protocol::{JobSpec, OutputFormat, SpecError, Step};
+
+use ops::Frame;
+
+/// A validated job spec, ready to process images on any thread.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    spec: JobSpec,
+    limits: Limits,
+}
+
+/// The result of processing one image.
+#[derive(Debug)]
+pub struct Processed {
+    /// Encoded output.
+    pub bytes: Vec<u8>,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Input format.
+    pub source_format: SourceFormat,
+    /// Input width as stored.
+    pub source_width: u32,
+    /// Input height as stored.
+    pub source_height: u32,
+    /// The DCT shrink used when decoding (1 = full size).
+    pub shrink: u8,
+}
+
+impl Pipeline {
+    /// Check the spec and that this build can run all of it.
+    pub fn new(spec: JobSpec, limits: Limits) -> Result<Pipeline, SpecError> {
+        spec.validate()?;
+        for (i, step) in spec.steps.iter().enumerate() {
+            if let Step::Plugin(_) = step {
+                return Err(SpecError {
+                    location: pixmesh_protocol::Location::Step {
+                        index: i + 1,
+                        op: Some("plugin".into()),
+                    },
+                    message: "this build cannot run plugin steps yet (no plugin host)".into(),
+                });
+            }
+        }
+        if spec.output.format == OutputFormat::Avif {
+            return Err(SpecError {
+                location: pixmesh_protocol::Location::Output,
+                message: "this build of pixmesh has no AVIF encoder; use webp or jpeg".into(),
+            });
+        }
+        Ok(Pipeline { spec, limits })
+    }
+
+    /// The spec this pipeline runs.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Process one image.
+    pub fn process(&self, bytes: &[u8]) -> Result<Processed, PipelineError> {
+        let probe = decode::probe(bytes, &self.limits)?;
+        let shrink = self.jpeg_shrink(&probe);
+        let img = decode::decode(bytes, &probe, shrink, &self.limits)?;
+        let logical = (shrink > 1).then_some((probe.width, probe.height));
+        let mut frame = Frame {
+            img,
+            orientation: probe.orientation,
+            logical,
+        };
+        let mut oriented = false;
+        for (i, step) in self.spec.steps.iter().enumerate() {
+            let fail = |message: String| PipelineError::Step {
+                index: i + 1,
+                op: step.op(),
+                message,
+            };
+            match step {
+                Step::Orient => {
+                    oriented |= frame.orientation != Orientation::NoTransforms;
+                    ops::orient(&mut frame);
+                }
+                Step::Resize {
+                    width,
+                    height,
+                    fit,
+                    background,
+                } => {
+                    ops::resize(
+                        &mut frame,
+                        *width,
+                        *height,
+                        *fit,
+                        *background,
+                        self.limits.max_pixels,
+                    )
+                    .map_err(fail)?;
+                }
+                Step::Crop {
+                    x,
+                    y,
+                    width,
+                    height,
+                } => {
+                    ops::crop(&mut frame, *x, *y, *width, *height).map_err(fail)?;
+                }
+                Step::Rotate { degrees } => ops::rotate(&mut frame, *degrees),
+                Step::Flip { axis } => ops::flip(&mut frame, *axis),
+                Step::Blur { sigma } => ops::blur(&mut frame, *sigma),
+                Step::Sharpen { sigma } => ops::sharpen(&mut frame, *sigma),
+                Step::Grayscale => ops::grayscale(&mut frame),
+                // Refused by `Pipeline::new`; kept exhaustive for new ops.
+                Step::Plugin(_) | _ => {
+                    return Err(fail("this build cannot run this step".into()));
+                }
+            }
+        }
+        let mut meta = encode::Metadata::default();
+        if self.spec.output.keep_metadata {
+            meta.icc = probe.icc;
+            meta.exif = probe.exif.map(|mut exif| {
+                if oriented {
+                    // The pixels now stand upright; the tag must say so.
+                    let _ = Orientation::remove_from_exif_chunk(&mut exif);
+                }
+                exif
+            });
+        }
+        let bytes = encode::encode(&frame.img, &self.spec.output, &meta)?;
+        Ok(Processed {
+            bytes,
+            width: frame.img.width(),
+            height: frame.img.height(),
+            source_format: probe.format,
+            source_width: probe.width,
+            source_height: probe.height,
+            shrink,
+        })
+    }
+
+    /// The DCT shrink to decode a JPEG at: only when the steps start with a
+    /// resize (after any `orient`), and by how much that resize reduces.
+    fn jpeg_shrink(&self, probe: &Probe) -> u8 {
+        if probe.format != SourceFormat::Jpeg {
+            return 1;
+        }
+        let mut dims = (probe.width, probe.height);
+        for step in &self.spec.steps {
+            match step {
+                Step::Orient => {
+                    if matches!(
+                        probe.orientation,
+                        Orientation::Rotate90
+                            | Orientation::Rotate270
+                            | Orientation::Rotate90FlipH
+                            | Orientation::Rotate270FlipH
+                    ) {
+                        dims = (dims.1, dims.0);
+                    }
+                }
+                Step::Resize {
+                    width, height, fit, ..
+                } => {
+                    let plan = geometry::plan(dims, *width, *height, *fit);
+                    let (_, _, rw, rh) = plan.source;
+                    let region = (rw.floor() as u32, rh.floor() as u32);
+                    return jpeg::shrink_for(region, plan.scaled);
+                }
+                _ => return 1,
+            }
+        }
+        1
+    }
+}

@@ -1,0 +1,152 @@
+//! Command-line arguments and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use pixmesh_agent::pipeline::Limits;
+use pixmesh_protocol::JobSpec;
+
+/// Exit status when every image succeeded.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when at least one image failed (the others were written).
+pub const EXIT_SOME_FAILED: u8 = 1;
+/// Exit status for bad arguments, a bad spec, or nothing to do.
+pub const EXIT_USAGE: u8 = 2;
+
+/// pixmesh: serverless image processing on a mesh of edge devices.
+///
+/// Today: `pixmesh run` processes images on this machine with the same engine
+/// the mesh agents run, and `pixmesh bench` measures it against libvips and
+/// ImageMagick.
+#[derive(Debug, Parser)]
+#[command(name = "pixmesh", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline over images on this machine, in parallel on all cores.
+    ///
+    /// Inputs are files or directories (searched recursively for .jpg, .jpeg,
+    /// .png, .webp and .gif; files named explicitly are always read). Formats
+    /// are detected from the bytes, not the names. Outputs go to OUTDIR under
+    /// the input's name (directories keep their structure) with the output
+    /// format's extension. A failed image is reported with its reason and the
+    /// rest still run; the exit status is 1 if any failed.
+    ///
+    /// Examples:
+    ///   pixmesh run --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ -o out/
+    ///   pixmesh run --pipeline spec.json a.jpg b.png -o out/ --json
+    Run(RunArgs),
+    /// Benchmark pixmesh against vipsthumbnail and ImageMagick on the same photos.
+    ///
+    /// Makes 256 px JPEG q80 thumbnails of every photo in DIR with each tool,
+    /// each using every core, and prints throughput and the ratios.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Where the spec comes from.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SpecSource {
+    /// A job spec file: JSON, or TOML when the name ends in .toml.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// The spec as one line, e.g. "orient | resize 800x600 fit=cover | webp q=80".
+    #[arg(long, value_name = "STEPS")]
+    pub steps: Option<String>,
+}
+
+impl SpecSource {
+    /// Read and validate the spec.
+    pub fn load(&self) -> Result<JobSpec> {
+        match (&self.pipeline, &self.steps) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read pipeline file {}", path.display()))?;
+                let name = path.to_string_lossy();
+                JobSpec::from_file_text(&name, &text)
+                    .with_context(|| format!("bad pipeline file {}", path.display()))
+            }
+            (None, Some(line)) => JobSpec::from_compact(line).context("bad --steps"),
+            (None, None) => anyhow::bail!("give --pipeline FILE or --steps \"...\""),
+        }
+    }
+}
+
+/// Per-image limits, shared by every command that decodes images.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Refuse images with more pixels than this (checked from the header).
+    #[arg(long, value_name = "PIXELS", default_value_t = Limits::DEFAULT_MAX_PIXELS, env = "PIXMESH_MAX_PIXELS")]
+    pub max_pixels: u64,
+    /// Refuse input files larger than this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::DEFAULT_MAX_INPUT_BYTES, env = "PIXMESH_MAX_INPUT_BYTES")]
+    pub max_input_bytes: u64,
+}
+
+impl LimitArgs {
+    /// As engine limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+/// `pixmesh run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: SpecSource,
+    /// Image files or directories.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Directory for the results (created if missing).
+    #[arg(short, long, value_name = "OUTDIR")]
+    pub output: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Print a machine-readable JSON report on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Set up `tracing` to stderr; `RUST_LOG` wins over `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run a parsed command line; the exit code says how it went.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => crate::local::run_command(args),
+        Command::Bench(args) => crate::bench::run_command(args),
+    }
+}

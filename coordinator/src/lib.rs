@@ -1,0 +1,13 @@
+//! The `pixmesh` CLI and (to come) the coordinator daemon.
+//!
+//! # Layout
+//! - [`cli`]: argument definitions and dispatch; converts raw arguments into
+//!   validated settings once.
+//! - [`local`]: `pixmesh run`, the whole pipeline on this machine: input
+//!   discovery, deterministic output names, parallel processing, the report.
+//! - [`bench`]: `pixmesh bench`, pixmesh against vipsthumbnail and
+//!   ImageMagick on the same photos in one run.
+
+pub mod bench;
+pub mod cli;
+pub mod local;

@@ -1,0 +1,22 @@
+//! Types that every pixmesh component agrees on.
+//!
+//! A **job spec** says what to do to each image: an ordered list of
+//! [`Step`]s (native ops such as `resize`, or a sandboxed `plugin`) and an
+//! [`OutputSpec`] (format and quality). Specs arrive as JSON, TOML or the
+//! compact one-line form used by the CLI's `--steps`; all three produce the
+//! same [`JobSpec`], and [`JobSpec::validate`] rejects bad parameters with an
+//! error that names the step, the field and the problem.
+//!
+//! This crate does no I/O and knows nothing of images or networks.
+//!
+//! # Layout
+//! - [`spec`]: the job spec types, parsing from JSON/TOML, validation.
+//! - [`compact`]: the one-line `--steps` form, both directions.
+
+pub mod compact;
+pub mod spec;
+
+pub use spec::{
+    Axis, Colour, Fit, JobSpec, Location, OutputFormat, OutputSpec, PluginRef, PluginStep,
+    SpecError, Step,
+};
