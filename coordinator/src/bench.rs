@@ -122,7 +122,7 @@ fn median(v: &[f64]) -> f64 {
 /// Split files over `n` groups, largest first onto the lightest group.
 fn balance(files: &[(PathBuf, u64)], n: usize) -> Vec<Vec<PathBuf>> {
     let mut sorted = files.to_vec();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.1));
     let mut groups: Vec<(u64, Vec<PathBuf>)> = vec![(0, Vec::new()); n.max(1)];
     for (f, size) in sorted {
         if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
