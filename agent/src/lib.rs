@@ -10,5 +10,7 @@
 //! - [`pipeline`]: decode (with limits checked from the header), the ops,
 //!   encode. One [`Pipeline`](pipeline::Pipeline) per job spec, shared by
 //!   threads.
+//! - [`sandbox`]: the WebAssembly plugin host (wasmtime), ABI v1.
 
 pub mod pipeline;
+pub mod sandbox;

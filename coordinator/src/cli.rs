@@ -47,11 +47,87 @@ pub enum Command {
     ///   pixmesh run --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ -o out/
     ///   pixmesh run --pipeline spec.json a.jpg b.png -o out/ --json
     Run(RunArgs),
+    /// Manage the local plugin registry (WebAssembly transform plugins).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Benchmark pixmesh against vipsthumbnail and ImageMagick on the same photos.
     ///
     /// Makes 256 px JPEG q80 thumbnails of every photo in DIR with each tool,
     /// each using every core, and prints throughput and the ratios.
     Bench(crate::bench::BenchArgs),
+}
+
+/// `pixmesh plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Validate a plugin (interface, ABI version, a dry run on a 1x1 frame) and register it.
+    Add {
+        /// The .wasm module (or WebAssembly text).
+        file: PathBuf,
+        /// Name to refer to it by (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        home: HomeArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    },
+    /// List registered plugins.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+    /// Remove a plugin by name, or by hash with all its names.
+    Remove {
+        /// Name or 64-hex-digit hash.
+        what: String,
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+}
+
+/// Where pixmesh keeps its data.
+#[derive(Debug, Clone, Args)]
+pub struct HomeArgs {
+    /// Data directory (plugins, compiled-code cache). Default: $PIXMESH_HOME,
+    /// else $XDG_DATA_HOME/pixmesh, else ~/.local/share/pixmesh.
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+}
+
+/// Plugin sandbox limits.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Largest linear memory of one plugin instance, in MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 1024,
+        env = "PIXMESH_PLUGIN_MEMORY_MIB"
+    )]
+    pub plugin_memory_mib: usize,
+    /// Deadline for one plugin call, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        env = "PIXMESH_PLUGIN_TIMEOUT_MS"
+    )]
+    pub plugin_timeout_ms: u64,
+}
+
+impl SandboxArgs {
+    /// As sandbox settings (cache dir unset).
+    pub fn config(&self) -> pixmesh_agent::sandbox::SandboxConfig {
+        pixmesh_agent::sandbox::SandboxConfig {
+            max_memory_bytes: self.plugin_memory_mib.saturating_mul(1 << 20),
+            timeout: std::time::Duration::from_millis(self.plugin_timeout_ms),
+            ..Default::default()
+        }
+    }
 }
 
 /// Where the spec comes from.
@@ -126,6 +202,10 @@ pub struct RunArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub home: HomeArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// Set up `tracing` to stderr; `RUST_LOG` wins over `-v`.
@@ -148,5 +228,65 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => crate::local::run_command(args),
         Command::Bench(args) => crate::bench::run_command(args),
+        Command::Plugin(cmd) => plugin_command(cmd),
     }
+}
+
+fn plugin_command(cmd: PluginCommand) -> Result<ExitCode> {
+    use crate::registry::{Registry, home};
+    use pixmesh_agent::sandbox::PluginHost;
+    match cmd {
+        PluginCommand::Add {
+            file,
+            name,
+            home: h,
+            sandbox,
+        } => {
+            let registry = Registry::open(&home(h.home.as_deref()))?;
+            let wasm = std::fs::read(&file)
+                .with_context(|| format!("cannot read plugin {}", file.display()))?;
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .context("give --name")?,
+            };
+            let host = PluginHost::new(registry.sandbox_config(sandbox.config()))?;
+            let hash = registry
+                .add(&host, &wasm, &name)
+                .with_context(|| format!("{} was not added", file.display()))?;
+            println!("added {name} ({hash}, {} bytes)", wasm.len());
+        }
+        PluginCommand::List { json, home: h } => {
+            let entries = Registry::open(&home(h.home.as_deref()))?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                println!("no plugins; add one with `pixmesh plugin add FILE`");
+            } else {
+                println!("{:<20} {:<64} {:>9}", "NAME", "HASH (BLAKE3)", "BYTES");
+                for e in entries {
+                    let names = if e.names.is_empty() {
+                        "-".into()
+                    } else {
+                        e.names.join(",")
+                    };
+                    println!("{names:<20} {:<64} {:>9}", e.hash, e.bytes);
+                }
+            }
+        }
+        PluginCommand::Remove { what, home: h } => {
+            let removed = Registry::open(&home(h.home.as_deref()))?.remove(&what)?;
+            println!(
+                "removed {}",
+                if removed.is_empty() {
+                    what
+                } else {
+                    removed.join(", ")
+                }
+            );
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
 }

@@ -5,9 +5,11 @@
 //!   validated settings once.
 //! - [`local`]: `pixmesh run`, the whole pipeline on this machine: input
 //!   discovery, deterministic output names, parallel processing, the report.
+//! - [`registry`]: the local plugin registry (`pixmesh plugin ...`).
 //! - [`bench`]: `pixmesh bench`, pixmesh against vipsthumbnail and
 //!   ImageMagick on the same photos in one run.
 
 pub mod bench;
 pub mod cli;
 pub mod local;
+pub mod registry;

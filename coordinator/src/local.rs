@@ -327,7 +327,23 @@ pub fn default_threads() -> usize {
 /// `pixmesh run`.
 pub fn run_command(args: RunArgs) -> Result<ExitCode> {
     let spec = args.spec.load()?;
-    let pipeline = Pipeline::new(spec, args.limits.limits()).context("cannot run this spec")?;
+    let limits = args.limits.limits();
+    let has_plugins = spec
+        .steps
+        .iter()
+        .any(|s| matches!(s, pixmesh_protocol::Step::Plugin(_)));
+    let pipeline = if has_plugins {
+        let registry =
+            crate::registry::Registry::open(&crate::registry::home(args.home.home.as_deref()))?;
+        let host = std::sync::Arc::new(pixmesh_agent::sandbox::PluginHost::new(
+            registry.sandbox_config(args.sandbox.config()),
+        )?);
+        let plugins = registry.resolve(&spec, host)?;
+        Pipeline::with_plugins(spec, limits, plugins)
+    } else {
+        Pipeline::new(spec, limits)
+    }
+    .context("cannot run this spec")?;
     let found = discover(&args.inputs)?;
     if found.is_empty() {
         bail!(

@@ -9,4 +9,5 @@ mod helpers;
 mod bad_inputs;
 mod corpus;
 mod engine;
+mod plugins;
 mod spec_errors;

@@ -106,11 +106,14 @@ fn steps_this_build_cannot_run_are_refused_before_any_work() {
         ),
         (
             "plugin sepia strength=0.8",
-            "step 1 (plugin): this build cannot run plugin steps yet",
+            "step 1 (plugin): no plugin named `sepia`",
         ),
     ] {
+        let home = tempfile::tempdir().expect("empty home");
         let o = run(pixmesh()
-            .args(["run", "--steps", steps, "-o"])
+            .args(["run", "--steps", steps, "--home"])
+            .arg(home.path())
+            .arg("-o")
             .arg(out.path())
             .arg(&photos()[0]));
         assert_eq!(o.status.code(), Some(2), "{steps}");

@@ -26,16 +26,44 @@ pub use decode::{Probe, SourceFormat, probe, sniff};
 pub use error::PipelineError;
 pub use limits::Limits;
 
-use image::metadata::Orientation;
-use pixmesh_protocol::{JobSpec, OutputFormat, SpecError, Step};
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use image::metadata::Orientation;
+use pixmesh_protocol::{JobSpec, Location, OutputFormat, PluginRef, SpecError, Step};
+
+use crate::sandbox::{Plugin, PluginHost, RgbaFrame};
 use ops::Frame;
+
+/// The plugins a pipeline may call, resolved and validated, with the host
+/// that runs them.
+#[derive(Debug, Clone)]
+pub struct PluginSet {
+    host: Arc<PluginHost>,
+    plugins: HashMap<PluginRef, Arc<Plugin>>,
+}
+
+impl PluginSet {
+    /// A set running on `host`.
+    pub fn new(host: Arc<PluginHost>) -> PluginSet {
+        PluginSet {
+            host,
+            plugins: HashMap::new(),
+        }
+    }
+
+    /// Make `plugin` available to steps that name it by `reference`.
+    pub fn insert(&mut self, reference: PluginRef, plugin: Arc<Plugin>) {
+        self.plugins.insert(reference, plugin);
+    }
+}
 
 /// A validated job spec, ready to process images on any thread.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     spec: JobSpec,
     limits: Limits,
+    plugins: Option<PluginSet>,
 }
 
 /// The result of processing one image.
@@ -58,27 +86,55 @@ pub struct Processed {
 }
 
 impl Pipeline {
-    /// Check the spec and that this build can run all of it.
+    /// Check the spec and that this build can run all of it. Plugin steps
+    /// need [`Pipeline::with_plugins`].
     pub fn new(spec: JobSpec, limits: Limits) -> Result<Pipeline, SpecError> {
+        Self::build(spec, limits, None)
+    }
+
+    /// As [`Pipeline::new`], with plugins for the spec's plugin steps; every
+    /// plugin step must name a plugin in `plugins`.
+    pub fn with_plugins(
+        spec: JobSpec,
+        limits: Limits,
+        plugins: PluginSet,
+    ) -> Result<Pipeline, SpecError> {
+        Self::build(spec, limits, Some(plugins))
+    }
+
+    fn build(
+        spec: JobSpec,
+        limits: Limits,
+        plugins: Option<PluginSet>,
+    ) -> Result<Pipeline, SpecError> {
         spec.validate()?;
         for (i, step) in spec.steps.iter().enumerate() {
-            if let Step::Plugin(_) = step {
-                return Err(SpecError {
-                    location: pixmesh_protocol::Location::Step {
-                        index: i + 1,
-                        op: Some("plugin".into()),
-                    },
-                    message: "this build cannot run plugin steps yet (no plugin host)".into(),
-                });
+            if let Step::Plugin(p) = step {
+                let known = plugins
+                    .as_ref()
+                    .is_some_and(|set| set.plugins.contains_key(&p.plugin));
+                if !known {
+                    return Err(SpecError {
+                        location: Location::Step {
+                            index: i + 1,
+                            op: Some("plugin".into()),
+                        },
+                        message: format!("plugin `{}` is not available", p.plugin),
+                    });
+                }
             }
         }
         if spec.output.format == OutputFormat::Avif {
             return Err(SpecError {
-                location: pixmesh_protocol::Location::Output,
+                location: Location::Output,
                 message: "this build of pixmesh has no AVIF encoder; use webp or jpeg".into(),
             });
         }
-        Ok(Pipeline { spec, limits })
+        Ok(Pipeline {
+            spec,
+            limits,
+            plugins,
+        })
     }
 
     /// The spec this pipeline runs.
@@ -143,10 +199,22 @@ impl Pipeline {
                 Step::Blur { sigma } => ops::blur(&mut frame, *sigma),
                 Step::Sharpen { sigma } => ops::sharpen(&mut frame, *sigma),
                 Step::Grayscale => ops::grayscale(&mut frame),
-                // Refused by `Pipeline::new`; kept exhaustive for new ops.
-                Step::Plugin(_) | _ => {
-                    return Err(fail("this build cannot run this step".into()));
+                Step::Plugin(p) => {
+                    let set = self.plugins.as_ref();
+                    let found = set.and_then(|s| s.plugins.get(&p.plugin).map(|pl| (s, pl)));
+                    let Some((set, plugin)) = found else {
+                        return Err(fail(format!("plugin `{}` is not available", p.plugin)));
+                    };
+                    run_plugin(
+                        &mut frame,
+                        &set.host,
+                        plugin,
+                        &p.params,
+                        self.limits.max_pixels,
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
                 }
+                _ => return Err(fail("this build cannot run this step".into())),
             }
         }
         let mut meta = encode::Metadata::default();
@@ -205,4 +273,44 @@ impl Pipeline {
         }
         1
     }
+}
+
+/// Hand the frame to a plugin as RGBA and take back what it returns.
+fn run_plugin(
+    frame: &mut Frame,
+    host: &PluginHost,
+    plugin: &Plugin,
+    params: &std::collections::BTreeMap<String, String>,
+    max_pixels: u64,
+) -> Result<(), crate::sandbox::PluginError> {
+    let was_opaque = matches!(frame.img, image::DynamicImage::ImageRgb8(_));
+    let rgba = std::mem::replace(&mut frame.img, image::DynamicImage::new_rgb8(0, 0)).into_rgba8();
+    let input = RgbaFrame {
+        width: rgba.width(),
+        height: rgba.height(),
+        pixels: rgba.into_raw(),
+    };
+    let out = host.run(plugin, &input, params, max_pixels);
+    // Keep the input if the plugin failed, for a consistent frame.
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            frame.img = image::DynamicImage::ImageRgba8(
+                image::RgbaImage::from_raw(input.width, input.height, input.pixels)
+                    .unwrap_or_default(),
+            );
+            return Err(e);
+        }
+    };
+    let img = image::RgbaImage::from_raw(out.width, out.height, out.pixels).ok_or_else(|| {
+        crate::sandbox::PluginError::BadOutput("pixel buffer does not match its size".into())
+    })?;
+    let opaque = img.pixels().all(|p| p[3] == 255);
+    frame.img = if was_opaque && opaque {
+        image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(img).into_rgb8())
+    } else {
+        image::DynamicImage::ImageRgba8(img)
+    };
+    frame.logical = None;
+    Ok(())
 }

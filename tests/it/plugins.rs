@@ -1,0 +1,401 @@
+//! The plugin host: hostile modules (written in WebAssembly text here) are
+//! stopped or refused and the host carries on; the example plugins, built
+//! from `plugins/` by `plugins/build.sh`, do what they say, pixel by pixel.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pixmesh_agent::sandbox::{PluginError, PluginHost, RgbaFrame, SandboxConfig};
+
+use crate::helpers::*;
+
+/// Build the example plugins once per test run; returns plugins/dist.
+fn dist() -> std::path::PathBuf {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = root().join("plugins/build.sh");
+            let o = std::process::Command::new("bash")
+                .arg(&script)
+                .output()
+                .expect("run build.sh");
+            assert!(
+                o.status.success(),
+                "plugins/build.sh failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            root().join("plugins/dist")
+        })
+        .clone()
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(dist().join(format!("{name}.wasm"))).expect("built plugin")
+}
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+const MEMORY: usize = 64 << 20;
+
+fn host() -> PluginHost {
+    PluginHost::new(SandboxConfig {
+        max_memory_bytes: MEMORY,
+        timeout: TIMEOUT,
+        max_instances: 4,
+        cache_dir: None,
+    })
+    .expect("host")
+}
+
+fn frame(w: u32, h: u32, rgba: [u8; 4]) -> RgbaFrame {
+    RgbaFrame {
+        width: w,
+        height: h,
+        pixels: rgba.repeat((w * h) as usize),
+    }
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A module with the ABI's exports; `body` is pixmesh_transform's body, run
+/// only when the frame is wider than 1 pixel if `sneaky` (so it passes the
+/// dry run), always otherwise. `extra` adds fields (imports, data, funcs).
+fn wat(body: &str, sneaky: bool, version: i32, extra: &str) -> String {
+    let identity = "(i64.or (i64.shl (i64.extend_i32_u (local.get $fp)) (i64.const 32)) (i64.extend_i32_u (local.get $fl)))";
+    let transform = if sneaky {
+        format!(
+            "(if (result i64) (i32.gt_u (i32.load (i32.add (local.get $fp) (i32.const 4))) (i32.const 1)) (then {body}) (else {identity}))"
+        )
+    } else {
+        body.to_owned()
+    };
+    format!(
+        r#"(module
+          {extra}
+          (memory (export "memory") 1)
+          (global $heap (mut i32) (i32.const 1024))
+          (func (export "pixmesh_abi_version") (result i32) (i32.const {version}))
+          (func (export "pixmesh_alloc") (param $len i32) (result i32) (local $p i32)
+            (local.set $p (global.get $heap))
+            (if (i32.gt_u (i32.add (local.get $p) (local.get $len)) (i32.mul (memory.size) (i32.const 65536)))
+              (then (drop (memory.grow (i32.add (i32.div_u (local.get $len) (i32.const 65536)) (i32.const 1))))))
+            (global.set $heap (i32.add (local.get $p) (local.get $len)))
+            (local.get $p))
+          (func (export "pixmesh_transform") (param $fp i32) (param $fl i32) (param $pp i32) (param $pl i32) (result i64)
+            {transform}))"#
+    )
+}
+
+const LOOP: &str = "(loop $l (br $l)) (i64.const 0)";
+const GROW: &str =
+    "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i64.const 0)";
+const TRAP: &str = "unreachable";
+const OOB: &str = "(i64.const 0x7fff000000000010)";
+const SHORT: &str = "(i64.or (i64.shl (i64.extend_i32_u (local.get $fp)) (i64.const 32)) (i64.extend_i32_u (i32.sub (local.get $fl) (i32.const 4))))";
+const HUGE: &str = "(i32.store (i32.add (local.get $fp) (i32.const 4)) (i32.const 100000)) (i32.store (i32.add (local.get $fp) (i32.const 8)) (i32.const 100000)) (i64.or (i64.shl (i64.extend_i32_u (local.get $fp)) (i64.const 32)) (i64.extend_i32_u (local.get $fl)))";
+
+/// After any failure, the same host must still run a good plugin correctly.
+fn still_healthy(host: &PluginHost) {
+    let invert = host.load(&wasm("invert")).expect("invert loads");
+    let out = host
+        .run(
+            &invert,
+            &frame(8, 8, [10, 20, 30, 40]),
+            &BTreeMap::new(),
+            1 << 20,
+        )
+        .expect("runs");
+    assert_eq!(&out.pixels[..4], &[245, 235, 225, 40]);
+}
+
+#[test]
+fn hostile_plugins_are_stopped_and_the_host_carries_on() {
+    let host = host();
+    let big = frame(64, 64, [1, 2, 3, 255]);
+    let none = BTreeMap::new();
+    type Expect = fn(&PluginError) -> bool;
+    let cases: [(&str, &str, Expect); 6] = [
+        ("infinite loop", LOOP, |e| {
+            matches!(e, PluginError::Timeout(_))
+        }),
+        ("memory.grow bomb", GROW, |e| {
+            matches!(e, PluginError::MemoryLimit(_))
+        }),
+        (
+            "trap",
+            TRAP,
+            |e| matches!(e, PluginError::Trap(m) if m.contains("unreachable")),
+        ),
+        (
+            "output out of bounds",
+            OOB,
+            |e| matches!(e, PluginError::BadOutput(m) if m.contains("outside")),
+        ),
+        (
+            "length disagrees with header",
+            SHORT,
+            |e| matches!(e, PluginError::BadOutput(m) if m.contains("does not match")),
+        ),
+        (
+            "claims 100000x100000",
+            HUGE,
+            |e| matches!(e, PluginError::BadOutput(m) if m.contains("100000x100000 is over the limit")),
+        ),
+    ];
+    for (what, body, expected) in cases {
+        // Hostile from the first call: refused when added (the dry run).
+        let refused = host
+            .load(wat(body, false, 1, "").as_bytes())
+            .expect_err(what);
+        assert!(
+            matches!(&refused, PluginError::Invalid(m) if m.contains("dry run")),
+            "{what}: {refused}"
+        );
+        // Hostile only on real images: passes the dry run, fails the task.
+        let plugin = host
+            .load(wat(body, true, 1, "").as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let start = Instant::now();
+        let err = host.run(&plugin, &big, &none, 1 << 20).expect_err(what);
+        let took = start.elapsed();
+        assert!(expected(&err), "{what}: unexpected error {err:?}");
+        if what == "infinite loop" {
+            assert!(
+                took < TIMEOUT + Duration::from_secs(1),
+                "stopped in {took:?}"
+            );
+            eprintln!("infinite loop stopped after {took:?} (deadline {TIMEOUT:?})");
+        }
+        still_healthy(&host);
+    }
+}
+
+#[test]
+fn modules_with_the_wrong_interface_are_refused_naming_the_problem() {
+    let host = host();
+    let identity = "(i64.or (i64.shl (i64.extend_i32_u (local.get $fp)) (i64.const 32)) (i64.extend_i32_u (local.get $fl)))";
+    let wasi = wat(
+        identity,
+        false,
+        1,
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+    );
+    let e = host.load(wasi.as_bytes()).expect_err("wasi");
+    assert!(
+        e.to_string()
+            .contains("imports `wasi_snapshot_preview1.fd_write`"),
+        "{e}"
+    );
+
+    let v2 = wat(identity, false, 2, "");
+    let e = host.load(v2.as_bytes()).expect_err("abi 2");
+    assert!(
+        e.to_string().contains("pixmesh_abi_version() returned 2"),
+        "{e}"
+    );
+
+    let missing = r#"(module (memory (export "memory") 1)
+        (func (export "pixmesh_abi_version") (result i32) (i32.const 1))
+        (func (export "pixmesh_alloc") (param i32) (result i32) (i32.const 0)))"#;
+    let e = host.load(missing.as_bytes()).expect_err("missing export");
+    assert!(
+        e.to_string().contains("missing export `pixmesh_transform`"),
+        "{e}"
+    );
+
+    let wrong = r#"(module (memory (export "memory") 1)
+        (func (export "pixmesh_abi_version") (result i32) (i32.const 1))
+        (func (export "pixmesh_alloc") (param i64) (result i32) (i32.const 0))
+        (func (export "pixmesh_transform") (param i32 i32 i32 i32) (result i64) (i64.const 0)))"#;
+    let e = host.load(wrong.as_bytes()).expect_err("wrong signature");
+    assert!(
+        e.to_string()
+            .contains("export `pixmesh_alloc` has type (i64) -> (i32)"),
+        "{e}"
+    );
+
+    let e = host.load(b"\0asm garbage").expect_err("garbage");
+    assert!(
+        e.to_string().contains("not a valid WebAssembly module"),
+        "{e}"
+    );
+    still_healthy(&host);
+}
+
+#[test]
+fn a_plugin_error_message_reaches_the_user() {
+    let host = host();
+    let module = wat(
+        "(i64.const -1)",
+        false,
+        1,
+        r#"(data (i32.const 16) "strength must be 0..=1, got 7")
+           (func (export "pixmesh_error") (result i64) (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 29)))"#,
+    );
+    // A clean error in the dry run is not a broken plugin: it is added.
+    let plugin = host.load(module.as_bytes()).expect("loads");
+    let e = host
+        .run(&plugin, &frame(4, 4, [0; 4]), &BTreeMap::new(), 1 << 20)
+        .expect_err("fails");
+    assert_eq!(
+        e,
+        PluginError::Failed("strength must be 0..=1, got 7".into())
+    );
+    // The same through the SDK: a bad param value is named.
+    let sepia = host.load(&wasm("sepia")).expect("sepia");
+    let e = host
+        .run(
+            &sepia,
+            &frame(2, 2, [9; 4]),
+            &params(&[("strength", "7")]),
+            1 << 20,
+        )
+        .expect_err("bad param");
+    assert_eq!(
+        e,
+        PluginError::Failed("param strength: must be 0..=1, got 7".into())
+    );
+    still_healthy(&host);
+}
+
+#[test]
+fn example_plugins_have_the_documented_pixel_effects() {
+    let host = host();
+    let run = |name: &str, f: &RgbaFrame, p: &[(&str, &str)]| {
+        let plugin = host
+            .load(&wasm(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        host.run(&plugin, f, &params(p), 1 << 24)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let px = |f: &RgbaFrame, x: u32, y: u32| -> [u8; 4] {
+        let i = ((y * f.width + x) * 4) as usize;
+        [
+            f.pixels[i],
+            f.pixels[i + 1],
+            f.pixels[i + 2],
+            f.pixels[i + 3],
+        ]
+    };
+
+    assert_eq!(
+        px(&run("invert", &frame(3, 3, [10, 20, 30, 40]), &[]), 1, 1),
+        [245, 235, 225, 40]
+    );
+
+    let grey = frame(4, 4, [100, 100, 100, 200]);
+    assert_eq!(px(&run("sepia", &grey, &[]), 0, 0), [135, 120, 93, 200]);
+    assert_eq!(
+        px(&run("sepia", &grey, &[("strength", "0")]), 0, 0),
+        [100, 100, 100, 200]
+    );
+
+    let flat = run("sobel", &frame(8, 8, [50, 60, 70, 255]), &[]);
+    assert!(
+        flat.pixels.chunks(4).all(|p| p[..3] == [0, 0, 0]),
+        "flat image has no edges"
+    );
+    let mut edge = frame(8, 8, [0, 0, 0, 255]);
+    for y in 0..8 {
+        for x in 4..8 {
+            let i = (y * 8 + x) * 4;
+            edge.pixels[i..i + 3].copy_from_slice(&[255, 255, 255]);
+        }
+    }
+    let e = run("sobel", &edge, &[]);
+    assert_eq!(px(&e, 4, 4)[0], 255, "edge is bright");
+    assert_eq!(px(&e, 0, 4)[0], 0, "far from the edge is black");
+
+    let mut checker = frame(4, 4, [0, 0, 0, 255]);
+    for i in (0..16).filter(|i| (i % 4 + i / 4) % 2 == 0) {
+        checker.pixels[i * 4..i * 4 + 3].copy_from_slice(&[200, 100, 50]);
+    }
+    let p = run("pixelate", &checker, &[("size", "2")]);
+    assert!(
+        p.pixels.chunks(4).all(|q| q == [100, 50, 25, 255]),
+        "{:?}",
+        &p.pixels[..8]
+    );
+
+    let v = run(
+        "vignette",
+        &frame(101, 101, [200, 200, 200, 255]),
+        &[("strength", "1")],
+    );
+    assert_eq!(px(&v, 50, 50), [200, 200, 200, 255], "centre untouched");
+    assert_eq!(px(&v, 0, 0)[0], 0, "corner black at strength 1");
+
+    let b = run(
+        "border",
+        &frame(4, 2, [1, 2, 3, 255]),
+        &[("width", "3"), ("colour", "#ff0000")],
+    );
+    assert_eq!((b.width, b.height), (10, 8));
+    assert_eq!(px(&b, 0, 0), [255, 0, 0, 255]);
+    assert_eq!(px(&b, 3, 3), [1, 2, 3, 255]);
+    assert_eq!(px(&b, 6, 4), [1, 2, 3, 255]);
+    assert_eq!(px(&b, 7, 4), [255, 0, 0, 255]);
+}
+
+#[test]
+fn plugins_run_through_pixmesh_run_on_corpus_photos() {
+    let home = tempfile::tempdir().expect("home");
+    for name in ["sepia", "invert", "sobel", "pixelate", "vignette", "border"] {
+        let o = run(pixmesh()
+            .arg("plugin")
+            .arg("add")
+            .arg(dist().join(format!("{name}.wasm")))
+            .arg("--home")
+            .arg(home.path()));
+        assert!(o.status.success(), "add {name}: {}", stderr(&o));
+    }
+    let o = run(pixmesh()
+        .args(["plugin", "list", "--json", "--home"])
+        .arg(home.path()));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json list");
+    assert_eq!(list.as_array().map(Vec::len), Some(6));
+
+    let out = tempfile::tempdir().expect("out");
+    let photos: Vec<_> = photos().into_iter().take(3).collect();
+    let o = run(pixmesh()
+        .args(["run", "--json", "--steps", "orient | resize 300 | plugin sepia | plugin vignette strength=0.3 | plugin border width=5 colour=#000 | png", "--home"])
+        .arg(home.path())
+        .arg("-o")
+        .arg(out.path())
+        .args(&photos));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(&o);
+    for res in r["results"].as_array().expect("results") {
+        let img = open(std::path::Path::new(
+            res["output"].as_str().expect("output"),
+        ))
+        .to_rgba8();
+        let (w, h) = img.dimensions();
+        assert_eq!(w, 310, "300 + 2 * 5 border");
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 0, 255], "border");
+        let c = img.get_pixel(w / 2, h / 2).0;
+        assert!(c[0] >= c[1] && c[1] >= c[2], "sepia tones: {c:?}");
+    }
+    // Removing a plugin makes specs that use it fail before any work.
+    let o = run(pixmesh()
+        .args(["plugin", "remove", "border", "--home"])
+        .arg(home.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(pixmesh()
+        .args(["run", "--steps", "plugin border", "--home"])
+        .arg(home.path())
+        .arg("-o")
+        .arg(out.path())
+        .arg(&photos[0]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no plugin named `border`"),
+        "{}",
+        stderr(&o)
+    );
+}
