@@ -52,6 +52,11 @@ pub struct SandboxConfig {
     pub max_instances: u32,
     /// Directory for compiled code; `None` compiles in memory every time.
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of each instance slot's memory kept mapped between instances
+    /// (reset with `memset` instead of `madvise`), so large frames do not
+    /// page-fault afresh on every image. Costs up to this much resident
+    /// memory per slot once used.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -64,6 +69,7 @@ impl Default for SandboxConfig {
                 .unwrap_or(1)
                 .max(1),
             cache_dir: None,
+            keep_resident_bytes: 64 << 20,
         }
     }
 }
@@ -202,7 +208,8 @@ impl PluginHost {
             .total_memories(slots)
             .total_tables(slots)
             .max_memories_per_module(1)
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            .linear_memory_keep_resident(config.keep_resident_bytes.min(config.max_memory_bytes));
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .memory_init_cow(true)
@@ -304,7 +311,7 @@ impl PluginHost {
             height: 1,
             pixels: vec![128, 128, 128, 255],
         };
-        match self.run(&plugin, &one, &BTreeMap::new(), 1 << 20) {
+        match self.run(&plugin, one, &BTreeMap::new(), 1 << 20) {
             Ok(_) | Err(PluginError::Failed(_)) => Ok(plugin),
             Err(e) => Err(PluginError::Invalid(format!(
                 "dry run on a 1x1 frame failed: {e}"
@@ -398,11 +405,12 @@ impl PluginHost {
         f.call(&mut store, ()).map_err(|e| self.classify(e))
     }
 
-    /// Run the plugin on one frame in a fresh instance.
+    /// Run the plugin on one frame in a fresh instance. The frame's buffer
+    /// is reused for the output when the plugin keeps the dimensions.
     pub fn run(
         &self,
         plugin: &Plugin,
-        frame: &RgbaFrame,
+        frame: RgbaFrame,
         params: &BTreeMap<String, String>,
         max_pixels: u64,
     ) -> Result<RgbaFrame, PluginError> {
@@ -496,7 +504,7 @@ impl PluginHost {
                     data.len()
                 ))
             })?;
-        parse_frame(out, max_pixels)
+        parse_frame(out, max_pixels, frame.pixels)
     }
 
     fn error_message(
@@ -532,8 +540,10 @@ impl PluginHost {
     }
 }
 
-/// Check a plugin's output frame before trusting it.
-fn parse_frame(out: &[u8], max_pixels: u64) -> Result<RgbaFrame, PluginError> {
+/// Check a plugin's output frame before trusting it, and copy its pixels
+/// into `reuse` (the input's buffer, already the right size when the plugin
+/// kept the dimensions).
+fn parse_frame(out: &[u8], max_pixels: u64, mut reuse: Vec<u8>) -> Result<RgbaFrame, PluginError> {
     let bad = |m: String| Err(PluginError::BadOutput(m));
     if out.len() < HEADER_LEN {
         return bad(format!(
@@ -565,10 +575,12 @@ fn parse_frame(out: &[u8], max_pixels: u64) -> Result<RgbaFrame, PluginError> {
             out.len()
         ));
     }
+    reuse.clear();
+    reuse.extend_from_slice(&out[HEADER_LEN..]);
     Ok(RgbaFrame {
         width,
         height,
-        pixels: out[HEADER_LEN..].to_vec(),
+        pixels: reuse,
     })
 }
 
@@ -661,14 +673,20 @@ mod tests {
             ok.extend_from_slice(&v.to_le_bytes());
         }
         ok.extend_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(parse_frame(&ok, 10).map(|f| f.pixels), Ok(vec![1, 2, 3, 4]));
-        assert!(parse_frame(&ok[..19], 10).is_err(), "length mismatch");
-        assert!(parse_frame(&ok, 0).is_err(), "pixel limit");
+        assert_eq!(
+            parse_frame(&ok, 10, vec![9; 4]).map(|f| f.pixels),
+            Ok(vec![1, 2, 3, 4])
+        );
+        assert!(
+            parse_frame(&ok[..19], 10, Vec::new()).is_err(),
+            "length mismatch"
+        );
+        assert!(parse_frame(&ok, 0, Vec::new()).is_err(), "pixel limit");
         let mut bad = ok.clone();
         bad[0] = b'X';
-        assert!(parse_frame(&bad, 10).is_err(), "magic");
+        assert!(parse_frame(&bad, 10, Vec::new()).is_err(), "magic");
         let mut bad = ok.clone();
         bad[12] = 3;
-        assert!(parse_frame(&bad, 10).is_err(), "channels");
+        assert!(parse_frame(&bad, 10, Vec::new()).is_err(), "channels");
     }
 }

@@ -43,6 +43,7 @@ fn host() -> PluginHost {
         timeout: TIMEOUT,
         max_instances: 4,
         cache_dir: None,
+        keep_resident_bytes: 0,
     })
     .expect("host")
 }
@@ -105,7 +106,7 @@ fn still_healthy(host: &PluginHost) {
     let out = host
         .run(
             &invert,
-            &frame(8, 8, [10, 20, 30, 40]),
+            frame(8, 8, [10, 20, 30, 40]),
             &BTreeMap::new(),
             1 << 20,
         )
@@ -161,7 +162,9 @@ fn hostile_plugins_are_stopped_and_the_host_carries_on() {
             .load(wat(body, true, 1, "").as_bytes())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         let start = Instant::now();
-        let err = host.run(&plugin, &big, &none, 1 << 20).expect_err(what);
+        let err = host
+            .run(&plugin, big.clone(), &none, 1 << 20)
+            .expect_err(what);
         let took = start.elapsed();
         assert!(expected(&err), "{what}: unexpected error {err:?}");
         if what == "infinite loop" {
@@ -240,7 +243,7 @@ fn a_plugin_error_message_reaches_the_user() {
     // A clean error in the dry run is not a broken plugin: it is added.
     let plugin = host.load(module.as_bytes()).expect("loads");
     let e = host
-        .run(&plugin, &frame(4, 4, [0; 4]), &BTreeMap::new(), 1 << 20)
+        .run(&plugin, frame(4, 4, [0; 4]), &BTreeMap::new(), 1 << 20)
         .expect_err("fails");
     assert_eq!(
         e,
@@ -251,7 +254,7 @@ fn a_plugin_error_message_reaches_the_user() {
     let e = host
         .run(
             &sepia,
-            &frame(2, 2, [9; 4]),
+            frame(2, 2, [9; 4]),
             &params(&[("strength", "7")]),
             1 << 20,
         )
@@ -270,7 +273,7 @@ fn example_plugins_have_the_documented_pixel_effects() {
         let plugin = host
             .load(&wasm(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        host.run(&plugin, f, &params(p), 1 << 24)
+        host.run(&plugin, f.clone(), &params(p), 1 << 24)
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let px = |f: &RgbaFrame, x: u32, y: u32| -> [u8; 4] {
@@ -398,4 +401,103 @@ fn plugins_run_through_pixmesh_run_on_corpus_photos() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn compiled_code_is_cached_by_hash_and_a_bad_cache_entry_is_recompiled() {
+    let cache = tempfile::tempdir().expect("cache");
+    let config = SandboxConfig {
+        max_memory_bytes: MEMORY,
+        timeout: TIMEOUT,
+        max_instances: 2,
+        cache_dir: Some(cache.path().to_path_buf()),
+        keep_resident_bytes: 0,
+    };
+    let bytes = wasm("invert");
+    let hash = blake3_hex(&bytes);
+    let plugin = PluginHost::new(config.clone())
+        .expect("host")
+        .load(&bytes)
+        .expect("load");
+    assert_eq!(plugin.hash(), hash);
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let name = entries[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(&format!("{hash}-")) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+
+    // A damaged cache entry is never trusted: the module is compiled again.
+    std::fs::write(&entries[0], b"not compiled code").expect("damage");
+    let host = PluginHost::new(config).expect("host");
+    let plugin = host.load(&bytes).expect("recompiles");
+    let out = host
+        .run(
+            &plugin,
+            frame(2, 2, [0, 0, 0, 255]),
+            &BTreeMap::new(),
+            1 << 20,
+        )
+        .expect("runs");
+    assert_eq!(&out.pixels[..4], &[255, 255, 255, 255]);
+    assert_ne!(
+        std::fs::read(&entries[0]).expect("rewritten"),
+        b"not compiled code"
+    );
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    // The host's hash, recomputed through the CLI's view: `plugin add` prints it.
+    let home = tempfile::tempdir().expect("home");
+    let file = home.path().join("p.wasm");
+    std::fs::write(&file, bytes).expect("write");
+    let o = run(pixmesh()
+        .args(["plugin", "add", "--home"])
+        .arg(home.path())
+        .arg(&file));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.split(['(', ','])
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no hash in {text:?} {}", stderr(&o)))
+}
+
+#[test]
+fn instances_are_bounded() {
+    // One slot: two runaway calls from two threads must take turns, so the
+    // pair takes at least two deadlines.
+    let host = PluginHost::new(SandboxConfig {
+        max_memory_bytes: MEMORY,
+        timeout: TIMEOUT,
+        max_instances: 1,
+        cache_dir: None,
+        keep_resident_bytes: 0,
+    })
+    .expect("host");
+    let plugin = host
+        .load(wat(LOOP, true, 1, "").as_bytes())
+        .expect("passes the dry run");
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let e = host.run(&plugin, frame(4, 4, [0; 4]), &BTreeMap::new(), 1 << 20);
+                assert!(matches!(e, Err(PluginError::Timeout(_))), "{e:?}");
+            });
+        }
+    });
+    assert!(
+        start.elapsed() >= TIMEOUT * 2,
+        "ran together in {:?}",
+        start.elapsed()
+    );
+    still_healthy(&host);
 }

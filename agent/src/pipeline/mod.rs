@@ -290,18 +290,8 @@ fn run_plugin(
         height: rgba.height(),
         pixels: rgba.into_raw(),
     };
-    let out = host.run(plugin, &input, params, max_pixels);
-    // Keep the input if the plugin failed, for a consistent frame.
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => {
-            frame.img = image::DynamicImage::ImageRgba8(
-                image::RgbaImage::from_raw(input.width, input.height, input.pixels)
-                    .unwrap_or_default(),
-            );
-            return Err(e);
-        }
-    };
+    // On failure the image fails as a whole, so the frame need not survive.
+    let out = host.run(plugin, input, params, max_pixels)?;
     let img = image::RgbaImage::from_raw(out.width, out.height, out.pixels).ok_or_else(|| {
         crate::sandbox::PluginError::BadOutput("pixel buffer does not match its size".into())
     })?;

@@ -287,11 +287,12 @@ pub mod abi {
         if len < 0 {
             return 0;
         }
+        // Reserve only: the host writes every byte before `take` claims
+        // them, so zero-filling would be wasted work on large frames.
         let mut v: Vec<u8> = Vec::new();
         if v.try_reserve_exact(len as usize).is_err() {
             return 0;
         }
-        v.resize(len as usize, 0);
         let ptr = v.as_mut_ptr() as i32;
         std::mem::forget(v);
         ptr
@@ -299,7 +300,8 @@ pub mod abi {
 
     unsafe fn take(ptr: i32, len: i32) -> Vec<u8> {
         // SAFETY: (ptr, len) came from `alloc(len)`, which leaked a Vec with
-        // exactly this length and capacity; the host hands each buffer over once.
+        // exactly this capacity; the host has written all `len` bytes and
+        // hands each buffer over once.
         Vec::from_raw_parts(ptr as *mut u8, len as usize, len as usize)
     }
 

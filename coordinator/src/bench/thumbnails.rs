@@ -1,4 +1,4 @@
-//! `pixmesh bench`: pixmesh against libvips' `vipsthumbnail` and ImageMagick
+//! `pixmesh bench` (suite `thumbnails`): pixmesh against libvips' `vipsthumbnail` and ImageMagick
 //! on the same photos, in one run, each tool using every core.
 //!
 //! The task is the classic one: a JPEG thumbnail at quality 80 that fits in a
@@ -21,39 +21,14 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::Args;
 use pixmesh_agent::pipeline::{Limits, Pipeline};
 use pixmesh_protocol::{Fit, JobSpec, OutputFormat, OutputSpec, Step};
 use serde::Serialize;
 
-use crate::local;
+use super::median;
 
-/// `pixmesh bench` arguments.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Directory of photos (JPEGs). Default: $PIXMESH_CORPUS, else
-    /// ../shared/corpus/photos, else the sample photos shipped in samples/.
-    #[arg(long, value_name = "DIR")]
-    pub corpus: Option<PathBuf>,
-    /// Thumbnail box size in pixels.
-    #[arg(long, default_value_t = 256)]
-    pub size: u32,
-    /// JPEG quality.
-    #[arg(long, default_value_t = 80)]
-    pub quality: u8,
-    /// Timed passes per tool (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub rounds: usize,
-    /// Cores each tool may use (default: all).
-    #[arg(short, long)]
-    pub jobs: Option<usize>,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Only run pixmesh (no baselines needed).
-    #[arg(long)]
-    pub pixmesh_only: bool,
-}
+use super::BenchArgs;
+use crate::local;
 
 /// One tool's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -87,16 +62,6 @@ pub struct BenchReport {
     pub ratios: Vec<(String, f64)>,
 }
 
-fn default_corpus() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("PIXMESH_CORPUS") {
-        return Some(PathBuf::from(dir));
-    }
-    ["../shared/corpus/photos", "samples/photos"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_dir())
-}
-
 /// Find a native executable (not a wrapper script) on PATH.
 fn find_native(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -111,12 +76,6 @@ fn find_native(names: &[&str]) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
 }
 
 /// Split files over `n` groups, largest first onto the lightest group.
@@ -181,12 +140,12 @@ fn verify(outdir: &Path, expected: usize, size: u32) -> Result<()> {
     Ok(())
 }
 
-/// `pixmesh bench`.
-pub fn run_command(args: BenchArgs) -> Result<ExitCode> {
+/// Run the thumbnail suite.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let corpus = args
         .corpus
         .clone()
-        .or_else(default_corpus)
+        .or_else(super::default_corpus)
         .context("no photos to benchmark: give --corpus DIR or set PIXMESH_CORPUS")?;
     let found = local::discover(std::slice::from_ref(&corpus))?;
     ensure!(!found.is_empty(), "no images in {}", corpus.display());
@@ -389,10 +348,5 @@ mod tests {
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 6);
         assert_eq!(groups[0][0], PathBuf::from("0"));
         assert_eq!(groups[1][0], PathBuf::from("1"));
-    }
-
-    #[test]
-    fn median_is_the_middle() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
     }
 }
