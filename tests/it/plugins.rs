@@ -501,3 +501,109 @@ fn instances_are_bounded() {
     );
     still_healthy(&host);
 }
+
+#[test]
+fn every_example_plugin_runs_through_pixmesh_run_with_exact_effects() {
+    let home = tempfile::tempdir().expect("home");
+    let mut hashes = BTreeMap::new();
+    for name in ["sepia", "invert", "sobel", "pixelate", "vignette", "border"] {
+        let o = run(pixmesh()
+            .args(["plugin", "add", "--home"])
+            .arg(home.path())
+            .arg(dist().join(format!("{name}.wasm"))));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let hash = text
+            .split(['(', ','])
+            .nth(1)
+            .expect("hash printed")
+            .to_owned();
+        hashes.insert(name, hash);
+    }
+    let photo = photos().into_iter().next().expect("a photo");
+    let render = |steps: &str| {
+        let out = tempfile::tempdir().expect("out");
+        let o = run(pixmesh()
+            .args(["run", "-q", "--steps", steps, "--home"])
+            .arg(home.path())
+            .arg("-o")
+            .arg(out.path())
+            .arg(&photo));
+        assert!(o.status.success(), "{steps}: {}", stderr(&o));
+        let name = format!("{}.png", photo.file_stem().expect("stem").to_string_lossy());
+        open(&out.path().join(name)).to_rgba8()
+    };
+    let plain = render("orient | resize 200 | png");
+    let (w, h) = plain.dimensions();
+
+    let inverted = render("orient | resize 200 | plugin invert | png");
+    assert!(plain.pixels().zip(inverted.pixels()).all(|(a, b)| {
+        a[0] == 255 - b[0] && a[1] == 255 - b[1] && a[2] == 255 - b[2] && a[3] == b[3]
+    }));
+    // By hash instead of name: the same bytes.
+    let by_hash = render(&format!(
+        "orient | resize 200 | plugin {} | png",
+        hashes["invert"]
+    ));
+    assert_eq!(by_hash, inverted);
+
+    assert_eq!(
+        render("orient | resize 200 | plugin sepia strength=0 | png"),
+        plain
+    );
+    let sepia = render("orient | resize 200 | plugin sepia | png");
+    assert!(
+        sepia.pixels().all(|p| p[0] >= p[1] && p[1] >= p[2]),
+        "sepia orders R >= G >= B"
+    );
+
+    let edges = render("orient | resize 200 | plugin sobel | png");
+    assert!(
+        edges.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
+        "sobel output is grey"
+    );
+    assert!(edges.pixels().any(|p| p[0] > 100), "a photo has edges");
+
+    let blocks = render("orient | resize 200 | plugin pixelate size=10 | png");
+    assert_eq!(
+        blocks.get_pixel(0, 0),
+        blocks.get_pixel(9, 9),
+        "one block, one colour"
+    );
+
+    let vignetted = render("orient | resize 200 | plugin vignette strength=1 | png");
+    assert_eq!(
+        vignetted.get_pixel(w / 2, h / 2),
+        plain.get_pixel(w / 2, h / 2),
+        "centre untouched"
+    );
+    assert_eq!(
+        &vignetted.get_pixel(0, 0).0[..3],
+        &[0, 0, 0],
+        "corner black"
+    );
+
+    let framed = render("orient | resize 200 | plugin border width=7 colour=#00ff00 | png");
+    assert_eq!(framed.dimensions(), (w + 14, h + 14));
+    assert_eq!(framed.get_pixel(3, 3).0, [0, 255, 0, 255]);
+    assert_eq!(
+        framed.get_pixel(7 + w / 2, 7 + h / 2),
+        plain.get_pixel(w / 2, h / 2)
+    );
+}
+
+#[test]
+fn the_wat_example_in_the_abi_docs_is_a_working_plugin() {
+    let doc = std::fs::read_to_string(root().join("docs/plugin-abi.md")).expect("docs");
+    let start = doc.find("```wat\n").expect("a wat block") + "```wat\n".len();
+    let end = start + doc[start..].find("```").expect("block end");
+    let host = host();
+    let plugin = host
+        .load(doc[start..end].as_bytes())
+        .expect("the documented example loads");
+    let input = frame(3, 2, [7, 8, 9, 10]);
+    let out = host
+        .run(&plugin, input.clone(), &params(&[("k", "v")]), 1 << 20)
+        .expect("runs");
+    assert_eq!(out, input, "identity");
+}

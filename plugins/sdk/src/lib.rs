@@ -7,7 +7,7 @@
 //! `docs/plugin-abi.md`): you write one function and the [`export_plugin!`]
 //! macro generates the exports.
 //!
-//! ```ignore
+//! ```
 //! use pixmesh_plugin_sdk::{export_plugin, Error, Frame, Params};
 //!
 //! /// Darken by `amount` (0..=1, default 0.5).
