@@ -599,7 +599,7 @@ fn the_wat_example_in_the_abi_docs_is_a_working_plugin() {
     let end = start + doc[start..].find("```").expect("block end");
     let host = host();
     let plugin = host
-        .load(doc[start..end].as_bytes())
+        .load(&doc.as_bytes()[start..end])
         .expect("the documented example loads");
     let input = frame(3, 2, [7, 8, 9, 10]);
     let out = host
