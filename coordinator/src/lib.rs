@@ -6,6 +6,8 @@
 //! - [`local`]: `pixmesh run`, the whole pipeline on this machine: input
 //!   discovery, deterministic output names, parallel processing, the report.
 //! - [`registry`]: the local plugin registry (`pixmesh plugin ...`).
+//! - [`scheduler`]: task placement, leases and fencing as pure logic (the
+//!   coordinator daemon that drives it is to come).
 //! - [`bench`]: `pixmesh bench`, pixmesh against vipsthumbnail and
 //!   ImageMagick on the same photos in one run.
 
@@ -13,3 +15,4 @@ pub mod bench;
 pub mod cli;
 pub mod local;
 pub mod registry;
+pub mod scheduler;
