@@ -8,11 +8,15 @@
 //! - [`registry`]: the local plugin registry (`pixmesh plugin ...`).
 //! - [`scheduler`]: task placement, leases and fencing as pure logic (the
 //!   coordinator daemon that drives it is to come).
+//! - [`store`]: jobs, tasks, nodes and plugins in SQLite (WAL, migrations).
+//! - [`blobs`]: the content-addressed blob store (BLAKE3, durable writes).
 //! - [`bench`]: `pixmesh bench`, pixmesh against vipsthumbnail and
 //!   ImageMagick on the same photos in one run.
 
 pub mod bench;
+pub mod blobs;
 pub mod cli;
 pub mod local;
 pub mod registry;
 pub mod scheduler;
+pub mod store;

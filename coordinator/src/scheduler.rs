@@ -75,6 +75,10 @@ pub struct TaskSpec {
     pub input: String,
     /// Content ids of the plugins its pipeline runs.
     pub plugins: Vec<String>,
+    /// Attempts already made: 0 for a new task; the stored count for one
+    /// restored after a coordinator restart, so the next attempt gets a
+    /// higher fencing token than any agent may still be working on.
+    pub attempt: u32,
 }
 
 /// An agent's report of itself (heartbeat / capacity advert).
@@ -347,8 +351,8 @@ impl Scheduler {
                 // A task submitted twice (say, replayed after a restart) is kept once.
                 if let std::collections::btree_map::Entry::Vacant(slot) = self.tasks.entry(id) {
                     slot.insert(Task {
+                        attempt: spec.attempt,
                         spec,
-                        attempt: 0,
                         state: TaskState::Queued { ready_at: now },
                     });
                     self.queue.push_back(id);
@@ -696,6 +700,7 @@ mod tests {
             job: 1,
             input: format!("in{id}"),
             plugins: vec![],
+            attempt: 0,
         })
     }
 
@@ -788,6 +793,7 @@ mod tests {
                 job: 1,
                 input: "x".into(),
                 plugins: vec!["sepia".into()],
+                attempt: 0,
             }),
         );
         assert_eq!(
@@ -1079,5 +1085,32 @@ mod tests {
         s.handle(20, seen("staying", 1));
         let acts = s.tick(10 + SchedulerConfig::default().backoff_base_ms);
         assert_eq!(assigned(&acts), vec![(1, 2, "staying".into())]);
+    }
+
+    #[test]
+    fn a_task_restored_after_restart_continues_its_attempt_numbers() {
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        s.handle(0, seen("a", 1));
+        // Stored as running attempt 2 on some agent when the coordinator died.
+        let restored = TaskSpec {
+            id: 9,
+            job: 1,
+            input: "i".into(),
+            plugins: vec![],
+            attempt: 2,
+        };
+        let acts = s.handle(0, Event::Submitted(restored));
+        assert_eq!(assigned(&acts), vec![(9, 3, "a".into())]);
+        // The agent that held attempt 2 before the restart is fenced.
+        let late = s.handle(
+            1,
+            Event::Completed {
+                task: 9,
+                attempt: 2,
+                node: "old".into(),
+                output: "o".into(),
+            },
+        );
+        assert!(matches!(late[0], Action::Fenced { attempt: 2, .. }));
     }
 }

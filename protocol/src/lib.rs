@@ -12,10 +12,13 @@
 //! # Layout
 //! - [`spec`]: the job spec types, parsing from JSON/TOML, validation.
 //! - [`compact`]: the one-line `--steps` form, both directions.
+//! - [`content`]: content ids (BLAKE3) for images, outputs and plugins.
 
 pub mod compact;
+pub mod content;
 pub mod spec;
 
+pub use content::ContentId;
 pub use spec::{
     Axis, Colour, Fit, JobSpec, Location, OutputFormat, OutputSpec, PluginRef, PluginStep,
     SpecError, Step,

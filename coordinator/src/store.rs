@@ -1,0 +1,468 @@
+//! The coordinator's durable state: jobs, tasks, nodes and plugin names in
+//! SQLite (WAL mode, `synchronous = FULL`, schema migrations).
+//!
+//! The contract with the rest of the coordinator: [`Store::insert_job`]
+//! returns only after the job and all its tasks are committed, so a submit
+//! acknowledged to a user survives a crash; blobs go to the
+//! [`BlobStore`](crate::blobs::BlobStore) first. After a restart,
+//! [`Store::unfinished_tasks`] gives back every task still to do, with its
+//! attempt counter, so fencing keeps working across restarts.
+//! [`Store::record_done`] is itself fenced (it only completes the current
+//! attempt of a running task), a second line of defence behind the scheduler.
+
+use std::path::Path;
+
+use pixmesh_protocol::{ContentId, JobSpec};
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+use crate::scheduler::{JobId, TaskId};
+
+/// Store failures, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("database: {context}: {source}")]
+    Sql {
+        /// What we were doing.
+        context: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// A stored value does not parse (the file was edited or damaged).
+    #[error("database holds a bad value: {0}")]
+    Corrupt(String),
+}
+
+trait Context<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sql { context, source })
+    }
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "CREATE TABLE jobs (
+            id         INTEGER PRIMARY KEY,
+            spec       TEXT    NOT NULL,
+            cancelled  INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL
+        );
+        CREATE TABLE tasks (
+            id      INTEGER PRIMARY KEY,
+            job     INTEGER NOT NULL REFERENCES jobs(id),
+            name    TEXT    NOT NULL,
+            input   TEXT    NOT NULL,
+            state   TEXT    NOT NULL
+                    CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            attempt INTEGER NOT NULL DEFAULT 0,
+            node    TEXT,
+            output  TEXT,
+            error   TEXT,
+            UNIQUE (job, name)
+        );
+        CREATE INDEX tasks_by_job ON tasks(job);
+        CREATE INDEX tasks_unfinished ON tasks(state) WHERE state IN ('queued', 'running');
+        CREATE TABLE nodes (
+            peer          TEXT PRIMARY KEY,
+            status        TEXT NOT NULL CHECK (status IN ('enrolled', 'pending', 'refused')),
+            first_seen_ms INTEGER NOT NULL,
+            last_seen_ms  INTEGER,
+            version       TEXT
+        );
+        CREATE TABLE plugins (
+            name TEXT PRIMARY KEY,
+            hash TEXT NOT NULL
+        );",
+    )])
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    /// Task id.
+    pub id: TaskId,
+    /// Its job.
+    pub job: JobId,
+    /// The input's file name (results keep it).
+    pub name: String,
+    /// Input content id.
+    pub input: ContentId,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// Attempts made so far (the fencing token of the latest).
+    pub attempt: u32,
+    /// Agent of the latest attempt.
+    pub node: Option<String>,
+    /// Output content id, when done.
+    pub output: Option<ContentId>,
+    /// Failure reason, when failed.
+    pub error: Option<String>,
+}
+
+/// The database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+fn parse_id(s: String) -> Result<ContentId, StoreError> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path).ctx("opening the database")?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .ctx("enabling WAL")?;
+        // FULL: a commit is on disk before it returns, so an acknowledged
+        // job survives power loss, not only a process crash.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .ctx("setting synchronous")?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .ctx("enabling foreign keys")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .ctx("setting busy timeout")?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// The journal mode in force (for tests and diagnostics).
+    pub fn journal_mode(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .ctx("reading journal mode")
+    }
+
+    /// Store a job and one queued task per input, in one transaction.
+    /// Returns only once committed.
+    pub fn insert_job(
+        &mut self,
+        spec: &JobSpec,
+        inputs: &[(String, ContentId)],
+        now_ms: u64,
+    ) -> Result<(JobId, Vec<TaskId>), StoreError> {
+        let tx = self
+            .conn
+            .transaction()
+            .ctx("starting the submit transaction")?;
+        tx.execute(
+            "INSERT INTO jobs (spec, created_ms) VALUES (?1, ?2)",
+            params![spec.to_json(), now_ms as i64],
+        )
+        .ctx("inserting the job")?;
+        let job = tx.last_insert_rowid() as JobId;
+        let mut tasks = Vec::with_capacity(inputs.len());
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO tasks (job, name, input, state) VALUES (?1, ?2, ?3, 'queued')",
+                )
+                .ctx("preparing task insert")?;
+            for (name, input) in inputs {
+                insert
+                    .execute(params![job as i64, name, input.to_string()])
+                    .ctx("inserting a task")?;
+                tasks.push(tx.last_insert_rowid() as TaskId);
+            }
+        }
+        tx.commit().ctx("committing the job")?;
+        Ok((job, tasks))
+    }
+
+    /// A job's spec, if the job exists.
+    pub fn job_spec(&self, job: JobId) -> Result<Option<JobSpec>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT spec FROM jobs WHERE id = ?1", [job as i64], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx("reading a job")?;
+        text.map(|t| JobSpec::from_json(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    fn tasks_where(&self, clause: &str, arg: Option<i64>) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = format!(
+            "SELECT id, job, name, input, state, attempt, node, output, error FROM tasks {clause} ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare(&sql).ctx("preparing a task query")?;
+        let rows = match arg {
+            Some(a) => stmt.query_map([a], raw_task),
+            None => stmt.query_map([], raw_task),
+        }
+        .ctx("querying tasks")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, job, name, input, state, attempt, node, output, error) =
+                row.ctx("reading a task")?;
+            out.push(TaskRow {
+                id: id as TaskId,
+                job: job as JobId,
+                name,
+                input: parse_id(input)?,
+                state,
+                attempt: attempt as u32,
+                node,
+                output: output.map(parse_id).transpose()?,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every task of a job, in submission order.
+    pub fn job_tasks(&self, job: JobId) -> Result<Vec<TaskRow>, StoreError> {
+        self.tasks_where("WHERE job = ?1", Some(job as i64))
+    }
+
+    /// Every task still to do (queued or running), for recovery after a restart.
+    pub fn unfinished_tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        self.tasks_where("WHERE state IN ('queued', 'running')", None)
+    }
+
+    /// The scheduler leased `task` to `node` as `attempt`.
+    pub fn record_assigned(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE tasks SET state = 'running', attempt = ?2, node = ?3
+                 WHERE id = ?1 AND state IN ('queued', 'running')",
+                params![task as i64, attempt, node],
+            )
+            .ctx("recording an assignment")?;
+        Ok(())
+    }
+
+    /// The task went back to the queue.
+    pub fn record_requeued(&mut self, task: TaskId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE tasks SET state = 'queued' WHERE id = ?1 AND state = 'running'",
+                [task as i64],
+            )
+            .ctx("recording a requeue")?;
+        Ok(())
+    }
+
+    /// Complete `task` with `output` if `attempt` is its running attempt.
+    /// Returns false (and changes nothing) for a stale or repeated result.
+    pub fn record_done(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        output: &ContentId,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE tasks SET state = 'done', output = ?3
+                 WHERE id = ?1 AND attempt = ?2 AND state = 'running'",
+                params![task as i64, attempt, output.to_string()],
+            )
+            .ctx("recording a result")?;
+        Ok(n == 1)
+    }
+
+    /// The task failed for good.
+    pub fn record_failed(&mut self, task: TaskId, reason: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE tasks SET state = 'failed', error = ?2 WHERE id = ?1 AND state IN ('queued', 'running')",
+                params![task as i64, reason],
+            )
+            .ctx("recording a failure")?;
+        Ok(())
+    }
+
+    /// Cancel a job: its unfinished tasks become cancelled. Returns how many.
+    pub fn cancel_job(&mut self, job: JobId) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction().ctx("starting cancel")?;
+        tx.execute("UPDATE jobs SET cancelled = 1 WHERE id = ?1", [job as i64])
+            .ctx("cancelling a job")?;
+        let n = tx
+            .execute(
+                "UPDATE tasks SET state = 'cancelled' WHERE job = ?1 AND state IN ('queued', 'running')",
+                [job as i64],
+            )
+            .ctx("cancelling tasks")?;
+        tx.commit().ctx("committing cancel")?;
+        Ok(n)
+    }
+}
+
+type RawTask = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn raw_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawTask> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec::from_compact("orient | resize 256 | webp q=80").expect("spec")
+    }
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().expect("valid migrations");
+    }
+
+    #[test]
+    fn a_committed_job_is_there_after_reopening_with_its_attempts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pixmesh.db");
+        let inputs = vec![
+            ("a.jpg".to_owned(), ContentId::of(b"a")),
+            ("b.jpg".to_owned(), ContentId::of(b"b")),
+            ("c.jpg".to_owned(), ContentId::of(b"c")),
+        ];
+        let (job, tasks) = {
+            let mut store = Store::open(&path).expect("open");
+            assert_eq!(store.journal_mode().expect("mode"), "wal");
+            let (job, tasks) = store.insert_job(&spec(), &inputs, 1).expect("insert");
+            store
+                .record_assigned(tasks[0], 1, "agent-a")
+                .expect("assign");
+            store
+                .record_assigned(tasks[1], 1, "agent-b")
+                .expect("assign");
+            assert!(
+                store
+                    .record_done(tasks[1], 1, &ContentId::of(b"out"))
+                    .expect("done")
+            );
+            (job, tasks)
+            // Dropped without any shutdown step, as a crash would leave it.
+        };
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.job_spec(job).expect("spec"), Some(spec()));
+        let unfinished = store.unfinished_tasks().expect("unfinished");
+        assert_eq!(
+            unfinished.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![tasks[0], tasks[2]]
+        );
+        assert_eq!(
+            (unfinished[0].state.as_str(), unfinished[0].attempt),
+            ("running", 1)
+        );
+        assert_eq!(unfinished[0].node.as_deref(), Some("agent-a"));
+        let all = store.job_tasks(job).expect("tasks");
+        assert_eq!(all[1].output, Some(ContentId::of(b"out")));
+        assert_eq!(
+            all.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            vec!["a.jpg", "b.jpg", "c.jpg"]
+        );
+    }
+
+    #[test]
+    fn results_are_fenced_in_the_database_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("db")).expect("open");
+        let (_, tasks) = store
+            .insert_job(&spec(), &[("x.jpg".into(), ContentId::of(b"x"))], 0)
+            .expect("insert");
+        let t = tasks[0];
+        store.record_assigned(t, 1, "a").expect("assign");
+        store.record_requeued(t).expect("requeue");
+        store.record_assigned(t, 2, "b").expect("reassign");
+        assert!(
+            !store
+                .record_done(t, 1, &ContentId::of(b"late"))
+                .expect("stale"),
+            "stale attempt refused"
+        );
+        assert!(
+            store
+                .record_done(t, 2, &ContentId::of(b"ok"))
+                .expect("current")
+        );
+        assert!(
+            !store
+                .record_done(t, 2, &ContentId::of(b"ok"))
+                .expect("repeat"),
+            "accepted once"
+        );
+        assert_eq!(
+            store.job_tasks(1).expect("tasks")[0].output,
+            Some(ContentId::of(b"ok"))
+        );
+    }
+
+    #[test]
+    fn cancel_and_failure_are_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("db")).expect("open");
+        let inputs: Vec<_> = ["1", "2", "3"]
+            .iter()
+            .map(|n| (n.to_string(), ContentId::of(n.as_bytes())))
+            .collect();
+        let (job, tasks) = store.insert_job(&spec(), &inputs, 0).expect("insert");
+        store
+            .record_failed(tasks[0], "corrupt jpeg: Premature end of JPEG file")
+            .expect("fail");
+        store.record_assigned(tasks[1], 1, "a").expect("assign");
+        assert_eq!(store.cancel_job(job).expect("cancel"), 2);
+        let rows = store.job_tasks(job).expect("tasks");
+        assert_eq!(
+            rows.iter().map(|t| t.state.as_str()).collect::<Vec<_>>(),
+            vec!["failed", "cancelled", "cancelled"]
+        );
+        assert_eq!(
+            rows[0].error.as_deref(),
+            Some("corrupt jpeg: Premature end of JPEG file")
+        );
+        assert!(store.unfinished_tasks().expect("unfinished").is_empty());
+    }
+
+    #[test]
+    fn duplicate_names_in_one_job_are_refused_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("db")).expect("open");
+        let dup = vec![
+            ("x.jpg".into(), ContentId::of(b"1")),
+            ("x.jpg".into(), ContentId::of(b"2")),
+        ];
+        assert!(store.insert_job(&spec(), &dup, 0).is_err());
+        assert!(
+            store.unfinished_tasks().expect("unfinished").is_empty(),
+            "nothing half-written"
+        );
+        assert_eq!(store.job_spec(1).expect("query"), None);
+    }
+}
