@@ -392,13 +392,22 @@ impl PluginHost {
         PluginError::Trap(text)
     }
 
-    fn call_version(&self, plugin: &Plugin) -> Result<i32, PluginError> {
-        let _slot = self.slots.acquire();
+    /// Take an instance slot (waiting for one) and instantiate afresh.
+    fn instantiate(
+        &self,
+        plugin: &Plugin,
+    ) -> Result<(SlotGuard<'_>, Store<CallState>, wasmtime::Instance), PluginError> {
+        let slot = self.slots.acquire();
         let mut store = self.store(plugin);
         let instance = plugin
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.classify(e))?;
+        Ok((slot, store, instance))
+    }
+
+    fn call_version(&self, plugin: &Plugin) -> Result<i32, PluginError> {
+        let (_slot, mut store, instance) = self.instantiate(plugin)?;
         let f = instance
             .get_typed_func::<(), i32>(&mut store, "pixmesh_abi_version")
             .map_err(host_error)?;
@@ -427,12 +436,7 @@ impl PluginHost {
             .collect::<Vec<_>>()
             .join("\n");
 
-        let _slot = self.slots.acquire();
-        let mut store = self.store(plugin);
-        let instance = plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(e))?;
+        let (_slot, mut store, instance) = self.instantiate(plugin)?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| PluginError::Invalid("no memory export".into()))?;

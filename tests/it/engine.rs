@@ -19,6 +19,22 @@ fn two_halves() -> Vec<u8> {
     img.into_raw()
 }
 
+/// `two_halves` stored as a JPEG whose EXIF says orientation 6.
+fn orientation_6_jpeg(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let bytes = jpeg::encode(
+        &two_halves(),
+        40,
+        20,
+        95,
+        None,
+        Some(&exif_with_orientation(6)),
+    )
+    .expect("encode test jpeg");
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write");
+    path
+}
+
 fn is_red(p: [u8; 4]) -> bool {
     p[0] > 200 && p[2] < 60
 }
@@ -43,17 +59,7 @@ fn run_one(steps: &str, input: &std::path::Path, ext: &str) -> std::path::PathBu
 #[test]
 fn exif_orientation_6_is_applied_by_orient() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bytes = jpeg::encode(
-        &two_halves(),
-        40,
-        20,
-        95,
-        None,
-        Some(&exif_with_orientation(6)),
-    )
-    .expect("encode test jpeg");
-    let input = dir.path().join("rotated.jpg");
-    std::fs::write(&input, bytes).expect("write");
+    let input = orientation_6_jpeg(dir.path(), "rotated.jpg");
 
     // Orientation 6: the stored image must be turned 90 degrees clockwise.
     let upright = open(&run_one("orient | png", &input, "png"));
@@ -80,17 +86,7 @@ fn exif_orientation_6_is_applied_by_orient() {
 #[test]
 fn metadata_is_stripped_unless_kept_and_kept_orientation_is_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bytes = jpeg::encode(
-        &two_halves(),
-        40,
-        20,
-        95,
-        None,
-        Some(&exif_with_orientation(6)),
-    )
-    .expect("encode test jpeg");
-    let input = dir.path().join("meta.jpg");
-    std::fs::write(&input, bytes).expect("write");
+    let input = orientation_6_jpeg(dir.path(), "meta.jpg");
 
     let stripped = std::fs::read(run_one("orient | jpeg", &input, "jpg")).expect("read");
     assert_eq!(jpeg::read_header(&stripped).expect("header").exif, None);

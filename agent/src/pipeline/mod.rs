@@ -250,13 +250,7 @@ impl Pipeline {
         for step in &self.spec.steps {
             match step {
                 Step::Orient => {
-                    if matches!(
-                        probe.orientation,
-                        Orientation::Rotate90
-                            | Orientation::Rotate270
-                            | Orientation::Rotate90FlipH
-                            | Orientation::Rotate270FlipH
-                    ) {
+                    if ops::swaps_axes(probe.orientation) {
                         dims = (dims.1, dims.0);
                     }
                 }

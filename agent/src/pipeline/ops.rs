@@ -31,7 +31,8 @@ impl Frame {
     }
 }
 
-fn swaps_axes(o: Orientation) -> bool {
+/// True for the EXIF orientations that exchange width and height.
+pub fn swaps_axes(o: Orientation) -> bool {
     matches!(
         o,
         Orientation::Rotate90
