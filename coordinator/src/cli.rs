@@ -47,6 +47,11 @@ pub enum Command {
     ///   pixmesh run --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ -o out/
     ///   pixmesh run --pipeline spec.json a.jpg b.png -o out/ --json
     Run(RunArgs),
+    /// Run the coordinator daemon: durable job store and the HTTP API for the CLI.
+    ///
+    /// The mesh side (handing tasks to agents over libp2p) is not built yet:
+    /// jobs are stored and wait, and `GET /v1/jobs/{id}` says why.
+    Coordinator(crate::daemon::CoordinatorArgs),
     /// Manage the local plugin registry (WebAssembly transform plugins).
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -239,6 +244,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => crate::local::run_command(args),
         Command::Bench(args) => crate::bench::run_command(args),
         Command::Plugin(cmd) => plugin_command(cmd),
+        Command::Coordinator(args) => crate::daemon::run_command(args),
     }
 }
 

@@ -8,15 +8,21 @@
 //! - [`registry`]: the local plugin registry (`pixmesh plugin ...`).
 //! - [`scheduler`]: task placement, leases and fencing as pure logic (the
 //!   coordinator daemon that drives it is to come).
+//! - [`daemon`]: `pixmesh coordinator`, serving [`api`] over [`service`].
+//! - [`service`]: store + blobs + scheduler kept consistent; durable submit, recovery.
+//! - [`api`]: the HTTP API (axum, JSON, bearer token).
 //! - [`store`]: jobs, tasks, nodes and plugins in SQLite (WAL, migrations).
 //! - [`blobs`]: the content-addressed blob store (BLAKE3, durable writes).
 //! - [`bench`]: `pixmesh bench`, pixmesh against vipsthumbnail and
 //!   ImageMagick on the same photos in one run.
 
+pub mod api;
 pub mod bench;
 pub mod blobs;
 pub mod cli;
+pub mod daemon;
 pub mod local;
 pub mod registry;
 pub mod scheduler;
+pub mod service;
 pub mod store;

@@ -220,6 +220,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Every job id, oldest first.
+    pub fn job_ids(&self) -> Result<Vec<JobId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs ORDER BY id")
+            .ctx("preparing job list")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, i64>(0))
+            .ctx("listing jobs")?;
+        ids.map(|r| r.map(|id| id as JobId).ctx("reading a job id"))
+            .collect()
+    }
+
     /// Every task of a job, in submission order.
     pub fn job_tasks(&self, job: JobId) -> Result<Vec<TaskRow>, StoreError> {
         self.tasks_where("WHERE job = ?1", Some(job as i64))

@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod api;
 mod bad_inputs;
 mod corpus;
 mod engine;

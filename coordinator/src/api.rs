@@ -1,0 +1,235 @@
+//! The coordinator's HTTP API (JSON), for the CLI. See `docs/api.md`.
+//!
+//! Every request needs `Authorization: Bearer <token>`; the token is created
+//! on the coordinator's first start in its data directory (mode 0600).
+//! Handlers run the blocking work (fsync, SQLite) on the blocking pool.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pixmesh_protocol::JobSpec;
+use serde_json::json;
+
+use crate::scheduler::JobId;
+use crate::service::{Coordinator, ResultLookup};
+
+/// Largest submit body accepted.
+pub const MAX_SUBMIT_BYTES: usize = 1 << 30;
+
+#[derive(Clone)]
+struct AppState {
+    coordinator: Arc<Coordinator>,
+    token: Arc<str>,
+}
+
+/// An API error: a status and a message naming the problem.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!(cause = %format!("{e:#}"), "request failed");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+/// The router, with authentication on every route.
+pub fn router(coordinator: Arc<Coordinator>, token: &str) -> Router {
+    let state = AppState {
+        coordinator,
+        token: Arc::from(token),
+    };
+    Router::new()
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(status))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/results/{name}", get(result))
+        .layer(DefaultBodyLimit::max(MAX_SUBMIT_BYTES))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "wrong API token".into()).into_response(),
+        None => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing API token: send `Authorization: Bearer <token>` (the token is in the coordinator's data directory, file api-token)".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("worker failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+/// `POST /v1/jobs`: multipart with one `spec` (JSON) or `steps` (one-line
+/// form) field and one or more `image` file fields.
+async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Response, ApiError> {
+    let parsed = read_submit(&mut form).await;
+    let (spec, images) = match parsed {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Read the rest of the upload before answering, so the client
+            // gets this message rather than a connection reset mid-upload.
+            while let Ok(Some(field)) = form.next_field().await {
+                let _ = field.bytes().await;
+            }
+            return Err(e);
+        }
+    };
+    let coordinator = state.coordinator.clone();
+    let (job, tasks) = blocking(move || coordinator.submit(&spec, &images)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "job": job, "tasks": tasks })),
+    )
+        .into_response())
+}
+
+type Images = Vec<(String, Vec<u8>)>;
+
+async fn read_submit(form: &mut Multipart) -> Result<(JobSpec, Images), ApiError> {
+    let (mut spec, mut images): (Option<JobSpec>, Images) = (None, Vec::new());
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("bad multipart body: {e}")))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "spec" | "steps" => {
+                if spec.is_some() {
+                    return Err(bad("give one `spec` or `steps` field, not several"));
+                }
+                let text = field
+                    .text()
+                    .await
+                    .map_err(|e| bad(format!("bad {name} field: {e}")))?;
+                let parsed = if name == "spec" {
+                    JobSpec::from_json(&text)
+                } else {
+                    JobSpec::from_compact(&text)
+                };
+                spec = Some(parsed.map_err(|e| bad(e.to_string()))?);
+            }
+            "image" => {
+                let file = field.file_name().map(str::to_owned).unwrap_or_default();
+                // Keep the last path component only: names become result file names.
+                let file = file
+                    .rsplit(['/', '\\'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if file.is_empty() || file == "." || file == ".." {
+                    return Err(bad("every image field needs a file name"));
+                }
+                if images.iter().any(|(n, _)| *n == file) {
+                    return Err(bad(format!(
+                        "two images are named {file:?}; names must be unique in a job"
+                    )));
+                }
+                let bytes = field
+                    .bytes()
+                    .await
+                    .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
+                images.push((file, bytes.to_vec()));
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown field {other:?} (expected spec, steps or image)"
+                )));
+            }
+        }
+    }
+    let spec = spec.ok_or_else(|| bad("missing `spec` (JSON) or `steps` (one-line form) field"))?;
+    if images.is_empty() {
+        return Err(bad("no `image` fields: a job needs at least one image"));
+    }
+    Ok((spec, images))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    Ok(Json(blocking(move || c.jobs()).await?).into_response())
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<JobId>,
+) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    match blocking(move || c.job(id)).await? {
+        Some(view) => Ok(Json(view).into_response()),
+        None => Err(not_found(format!("no job {id}"))),
+    }
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<JobId>,
+) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    match blocking(move || c.cancel(id)).await? {
+        Some(n) => Ok(Json(json!({ "job": id, "cancelled": n })).into_response()),
+        None => Err(not_found(format!("no job {id}"))),
+    }
+}
+
+async fn result(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(JobId, String)>,
+) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    let lookup_name = name.clone();
+    match blocking(move || c.result(id, &lookup_name)).await? {
+        ResultLookup::Ready(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        ResultLookup::NotReady(state) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{name} in job {id} has no result: it is {state}"),
+        )),
+        ResultLookup::NoSuchTask => Err(not_found(format!("job {id} has no image named {name:?}"))),
+    }
+}

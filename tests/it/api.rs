@@ -1,0 +1,254 @@
+//! The coordinator daemon as a real process: token auth, durable submit
+//! (survives SIGKILL), status with a waiting reason, cancel, results.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use reqwest::blocking::{Client, multipart};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// A running `pixmesh coordinator`, killed on drop.
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let mut child = pixmesh()
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start coordinator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read banner");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Daemon { child, base }
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no chance to flush or clean up, as in a crash.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("api-token"))
+        .expect("token file")
+        .trim()
+        .to_owned()
+}
+
+fn form(steps: &str, images: &[&Path]) -> multipart::Form {
+    let mut f = multipart::Form::new().text("steps", steps.to_owned());
+    for p in images {
+        let bytes = std::fs::read(p).expect("read image");
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        f = f.part("image", multipart::Part::bytes(bytes).file_name(name));
+    }
+    f
+}
+
+#[test]
+fn submit_is_authenticated_durable_and_reports_why_it_waits() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path());
+    let http = Client::new();
+    let photos = photos();
+    let images = [photos[0].as_path(), photos[1].as_path()];
+
+    // The token file is private to its owner.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("api-token"))
+        .expect("token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // No token, or a wrong one: 401, nothing stored. (A small body: the
+    // server refuses before reading it.)
+    let r = http
+        .post(format!("{}/v1/jobs", daemon.base))
+        .multipart(multipart::Form::new().text("steps", "resize 64"))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing API token")),
+        "{body}"
+    );
+    let r = http
+        .get(format!("{}/v1/jobs", daemon.base))
+        .bearer_auth("not-the-token")
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 401);
+
+    let auth = token(dir.path());
+    // A bad spec is refused naming the step.
+    let r = http
+        .post(format!("{}/v1/jobs", daemon.base))
+        .bearer_auth(&auth)
+        .multipart(form("orient | resize 0x10", &images))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().expect("json");
+    assert_eq!(
+        body["error"],
+        "step 2 (resize): width must be 1..=65535, got 0"
+    );
+
+    // A good submit is acknowledged with the job id.
+    let r = http
+        .post(format!("{}/v1/jobs", daemon.base))
+        .bearer_auth(&auth)
+        .multipart(form("orient | resize 256 | webp q=80", &images))
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().expect("json");
+    let job = body["job"].as_u64().expect("job id");
+    assert_eq!(body["tasks"], 2);
+
+    // SIGKILL right after the acknowledgement, then start again on the same data.
+    daemon.kill();
+    let daemon = Daemon::start(dir.path());
+    let r = http
+        .get(format!("{}/v1/jobs/{job}", daemon.base))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let status: Value = r.json().expect("json");
+    assert_eq!(status["steps"], "orient | resize 256x | webp q=80");
+    assert_eq!(status["queued"], 2);
+    let names: Vec<&str> = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or(""))
+        .collect();
+    let expected: Vec<String> = images
+        .iter()
+        .map(|p| p.file_name().expect("n").to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, expected);
+    let waiting = status["waiting"].as_str().expect("a waiting reason");
+    assert!(waiting.contains("no agents have joined"), "{waiting}");
+
+    // The listing shows it; a result is not there yet; cancel stops it.
+    let list: Value = http
+        .get(format!("{}/v1/jobs", daemon.base))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send")
+        .json()
+        .expect("json");
+    assert_eq!(list[0]["id"], job);
+    let r = http
+        .get(format!(
+            "{}/v1/jobs/{job}/results/{}",
+            daemon.base, expected[0]
+        ))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 409);
+    let r = http
+        .post(format!("{}/v1/jobs/{job}/cancel", daemon.base))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().expect("json");
+    assert_eq!(body["cancelled"], 2);
+    let status: Value = http
+        .get(format!("{}/v1/jobs/{job}", daemon.base))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send")
+        .json()
+        .expect("json");
+    assert_eq!(
+        (status["cancelled"].as_u64(), status["queued"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let r = http
+        .get(format!("{}/v1/jobs/999", daemon.base))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn malformed_submits_get_clear_errors() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path());
+    let http = Client::new();
+    let auth = token(dir.path());
+    let photo = photos()[0].clone();
+    let post = |form: multipart::Form| {
+        let r = http
+            .post(format!("{}/v1/jobs", daemon.base))
+            .bearer_auth(&auth)
+            .multipart(form)
+            .send()
+            .expect("send");
+        let status = r.status().as_u16();
+        let body: Value = r.json().expect("json");
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (s, e) = post(multipart::Form::new().text("steps", "resize 10"));
+    assert_eq!((s, e.contains("no `image` fields")), (400, true), "{e}");
+    let (s, e) = post(
+        form("resize 10", &[])
+            .part(
+                "image",
+                multipart::Part::bytes(vec![1, 2]).file_name("x.jpg"),
+            )
+            .part("image", multipart::Part::bytes(vec![3]).file_name("x.jpg")),
+    );
+    assert_eq!(
+        (s, e.contains("two images are named \"x.jpg\"")),
+        (400, true),
+        "{e}"
+    );
+    let (s, e) = post(form("resize 10", &[photo.as_path()]).text("colour", "red"));
+    assert_eq!(
+        (s, e.contains("unknown field \"colour\"")),
+        (400, true),
+        "{e}"
+    );
+    let (s, e) = post(
+        multipart::Form::new().part("image", multipart::Part::bytes(vec![1]).file_name("a.jpg")),
+    );
+    assert_eq!((s, e.contains("missing `spec`")), (400, true), "{e}");
+}
