@@ -161,11 +161,11 @@ fn dc_only_decode_of_progressive_jpeg_matches_full_decode() {
         eprintln!("skipped: no progressive JPEG in {}", corpus().display());
         return;
     };
-    let fast = jpeg::decode(&bytes, 8).expect("1/8 decode");
+    let fast = jpeg::decode(&bytes, 8, 1 << 30, jpeg::MAX_SCANS).expect("1/8 decode");
     assert!(fast.dc_only, "{} takes the DC-only path", path.display());
     // Reference: full decode, then the mean of each 8x8 block, which is what
     // the DC coefficient is.
-    let full = jpeg::decode(&bytes, 1).expect("full decode");
+    let full = jpeg::decode(&bytes, 1, 1 << 30, jpeg::MAX_SCANS).expect("full decode");
     assert!(!full.dc_only);
     let (fw, fh) = (full.width as usize, full.height as usize);
     assert_eq!(
@@ -229,4 +229,39 @@ fn shrink_on_load_is_used_and_never_changes_the_output_size() {
     )
     .expect("pipeline");
     assert_eq!(p.process(&bytes).expect("process").shrink, 1);
+}
+
+#[test]
+fn libjpeg_memory_and_scan_counts_are_capped() {
+    // A progressive photo needs its whole coefficient buffer in memory:
+    // with a small cap libjpeg refuses instead of allocating.
+    let progressive = photos()
+        .into_iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .find(|b| {
+            jpeg::read_header(b)
+                .map(|h| h.progressive && h.width * h.height > 1_000_000)
+                .unwrap_or(false)
+        });
+    match progressive {
+        Some(bytes) => {
+            let e =
+                jpeg::decode(&bytes, 1, 4 << 20, jpeg::MAX_SCANS).expect_err("over the memory cap");
+            assert!(e.0.contains("Backing store not supported"), "{e}");
+            assert!(jpeg::decode(&bytes, 1, 1 << 30, jpeg::MAX_SCANS).is_ok());
+        }
+        None => eprintln!(
+            "skipped the memory cap: no large progressive JPEG in {}",
+            corpus().display()
+        ),
+    }
+    // A valid file with 88 scans: refused under a cap of 50, fine under the default.
+    let many = std::fs::read(root().join("tests/fixtures/many-scans.jpg")).expect("fixture");
+    let e = jpeg::decode(&many, 1, 1 << 30, 50).expect_err("over the scan cap");
+    assert_eq!(
+        e.0,
+        "more than 50 progressive scans (refused as a decoding bomb)"
+    );
+    let ok = jpeg::decode(&many, 1, 1 << 30, jpeg::MAX_SCANS).expect("88 scans is fine");
+    assert_eq!((ok.width, ok.height), (16, 16));
 }

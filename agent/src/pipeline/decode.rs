@@ -197,7 +197,13 @@ pub fn decode(
 ) -> Result<DynamicImage, PipelineError> {
     let format = probe.format;
     if format == SourceFormat::Jpeg {
-        let d = jpeg::decode(bytes, jpeg_shrink).map_err(|e| decode_error(format, e))?;
+        let d = jpeg::decode(
+            bytes,
+            jpeg_shrink,
+            limits.max_decoder_alloc(),
+            jpeg::MAX_SCANS,
+        )
+        .map_err(|e| decode_error(format, e))?;
         let img = image::RgbImage::from_raw(d.width, d.height, d.rgb)
             .ok_or_else(|| decode_error(format, "decoder returned a buffer of the wrong size"))?;
         return Ok(DynamicImage::ImageRgb8(img));

@@ -63,6 +63,38 @@ pub struct Decoded {
 /// The payload our error handler unwinds with.
 struct Failure(String);
 
+/// Default cap on the scans of a progressive JPEG. Real encoders use about
+/// ten; each scan costs a pass over the whole coefficient buffer, so
+/// thousands of tiny scans are a cheap way to make a decoder spin
+/// (libjpeg-turbo's own advice is to cap them).
+pub const MAX_SCANS: u32 = 500;
+
+/// libjpeg's progress hook plus our scan cap; `public` must stay first so
+/// a pointer to it is a pointer to the whole.
+#[repr(C)]
+struct Progress {
+    public: ffi::jpeg_progress_mgr,
+    max_scans: c_int,
+}
+
+unsafe extern "C-unwind" fn progress_monitor(cinfo: &mut ffi::jpeg_common_struct) {
+    if cinfo.is_decompressor == 0 || cinfo.progress.is_null() {
+        return;
+    }
+    // SAFETY: for a decompressor, the common struct is the first field of
+    // the #[repr(C)] jpeg_decompress_struct it belongs to; `progress` points
+    // at the `public` field, first in the #[repr(C)] Progress the Session owns.
+    let (d, max) = unsafe {
+        let d = &*(cinfo as *mut ffi::jpeg_common_struct as *const ffi::jpeg_decompress_struct);
+        (d, (*(cinfo.progress as *const Progress)).max_scans)
+    };
+    if d.input_scan_number > max {
+        resume_unwind(Box::new(Failure(format!(
+            "more than {max} progressive scans (refused as a decoding bomb)"
+        ))));
+    }
+}
+
 const APP1: c_int = 0xE1;
 const APP2: c_int = 0xE2;
 
@@ -127,25 +159,45 @@ fn new_error_mgr() -> Box<ffi::jpeg_error_mgr> {
 struct Session<'a> {
     cinfo: Box<ffi::jpeg_decompress_struct>,
     _err: Box<ffi::jpeg_error_mgr>,
+    progress: Box<Progress>,
     _input: &'a [u8],
 }
 
 impl<'a> Session<'a> {
     /// Create a decompressor and read the header. Must run inside [`guarded`].
-    fn new(input: &'a [u8]) -> Session<'a> {
+    /// libjpeg may allocate at most `max_memory` bytes (it has no backing
+    /// store, so a larger need, such as a huge progressive coefficient
+    /// buffer, is an error rather than an allocation).
+    fn new(input: &'a [u8], max_memory: u64, max_scans: u32) -> Session<'a> {
         let mut err = new_error_mgr();
+        let progress = Box::new(Progress {
+            public: ffi::jpeg_progress_mgr {
+                progress_monitor: Some(progress_monitor),
+                pass_counter: 0,
+                pass_limit: 0,
+                completed_passes: 0,
+                total_passes: 0,
+            },
+            max_scans: c_int::try_from(max_scans).unwrap_or(c_int::MAX),
+        });
         // SAFETY: zeroed is the documented starting state before
-        // jpeg_create_decompress; `err` and `input` outlive `cinfo` (both
-        // are owned by or borrowed for the Session, which destroys cinfo first).
+        // jpeg_create_decompress; `err`, `progress` and `input` outlive
+        // `cinfo` (owned by or borrowed for the Session, which destroys
+        // cinfo first).
         let mut cinfo: Box<ffi::jpeg_decompress_struct> = Box::new(unsafe { mem::zeroed() });
         cinfo.common.err = &mut *err;
         let mut session = Session {
             cinfo,
             _err: err,
+            progress,
             _input: input,
         };
         unsafe {
+            // Creation zeroes everything but `err`: set the rest after it.
             ffi::jpeg_create_decompress(&mut *session.cinfo);
+            session.cinfo.common.progress = &mut session.progress.public;
+            (*session.cinfo.common.mem).max_memory_to_use =
+                std::ffi::c_long::try_from(max_memory).unwrap_or(std::ffi::c_long::MAX);
             ffi::jpeg_mem_src(&mut session.cinfo, input.as_ptr(), input.len() as c_ulong);
             ffi::jpeg_save_markers(&mut session.cinfo, APP1, 0xFFFF);
             ffi::jpeg_save_markers(&mut session.cinfo, APP2, 0xFFFF);
@@ -234,22 +286,32 @@ unsafe extern "C" {
     fn libc_free(p: *mut std::ffi::c_void);
 }
 
+/// Memory libjpeg may use while only reading headers.
+const HEADER_MEMORY: u64 = 64 << 20;
+
 /// Read the header: dimensions, progressive flag, EXIF and ICC.
 pub fn read_header(input: &[u8]) -> Result<Header, JpegError> {
-    guarded(|| Session::new(input).header())
+    guarded(|| Session::new(input, HEADER_MEMORY, MAX_SCANS).header())
 }
 
 /// Decode to RGB, shrinking by `1/denom` (1, 2, 4 or 8) in the inverse DCT.
 ///
 /// The caller has checked the dimensions against its pixel limit with
-/// [`read_header`] first.
-pub fn decode(input: &[u8], denom: u8) -> Result<Decoded, JpegError> {
+/// [`read_header`] first; `max_memory` caps libjpeg's own allocations (the
+/// output buffer is ours and bounded by that pixel limit) and `max_scans`
+/// the scans of a progressive file (normally [`MAX_SCANS`]).
+pub fn decode(
+    input: &[u8],
+    denom: u8,
+    max_memory: u64,
+    max_scans: u32,
+) -> Result<Decoded, JpegError> {
     let denom = match denom {
         1 | 2 | 4 | 8 => denom,
         _ => 8,
     };
     guarded(|| {
-        let mut s = Session::new(input);
+        let mut s = Session::new(input, max_memory, max_scans);
         let progressive = unsafe { ffi::jpeg_has_multiple_scans(&s.cinfo) } != 0;
         let dc_only = progressive && denom == 8;
         {
@@ -413,12 +475,12 @@ mod tests {
         let jpeg = encode(&gradient(64, 48), 64, 48, 90, None, None).expect("encode");
         let h = read_header(&jpeg).expect("header");
         assert_eq!((h.width, h.height, h.progressive), (64, 48, false));
-        let full = decode(&jpeg, 1).expect("decode");
+        let full = decode(&jpeg, 1, 1 << 30, MAX_SCANS).expect("decode");
         assert_eq!((full.width, full.height), (64, 48));
         // A smooth gradient survives q90 within a few levels.
         let px = &full.rgb[(20 * 64 + 32) * 3..][..3];
         assert!((i32::from(px[0]) - 127).abs() <= 6, "{px:?}");
-        let eighth = decode(&jpeg, 8).expect("decode 1/8");
+        let eighth = decode(&jpeg, 8, 1 << 30, MAX_SCANS).expect("decode 1/8");
         assert_eq!((eighth.width, eighth.height), (8, 6));
     }
 
@@ -428,7 +490,7 @@ mod tests {
         assert!(read_header(b"\xff\xd8\xff\xe0 not really a jpeg").is_err());
         let jpeg = encode(&gradient(64, 64), 64, 64, 90, None, None).expect("encode");
         let truncated = &jpeg[..jpeg.len() / 2];
-        let e = decode(truncated, 1).expect_err("truncated file must fail");
+        let e = decode(truncated, 1, 1 << 30, MAX_SCANS).expect_err("truncated file must fail");
         assert!(e.0.to_lowercase().contains("premature end"), "{e}");
     }
 
