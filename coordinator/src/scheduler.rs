@@ -264,7 +264,7 @@ struct Node {
 }
 
 /// A job's progress, with an explanation when it is waiting.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct JobStatus {
     /// Tasks queued.
     pub queued: usize,
@@ -390,12 +390,7 @@ impl Scheduler {
                         output,
                     });
                 } else {
-                    self.counters.fenced += 1;
-                    actions.push(Action::Fenced {
-                        task,
-                        attempt,
-                        node,
-                    });
+                    actions.push(self.fence(task, attempt, node));
                 }
             }
             Event::Failed {
@@ -416,12 +411,7 @@ impl Scheduler {
                         actions.push(Action::GiveUp { task, reason });
                     }
                 } else {
-                    self.counters.fenced += 1;
-                    actions.push(Action::Fenced {
-                        task,
-                        attempt,
-                        node,
-                    });
+                    actions.push(self.fence(task, attempt, node));
                 }
             }
             Event::CancelJob(job) => {
@@ -476,6 +466,16 @@ impl Scheduler {
             t.attempt == attempt
                 && matches!(&t.state, TaskState::Running { node: n, .. } if n == node)
         })
+    }
+
+    /// Refuse a result that is not for the current attempt, and count it.
+    fn fence(&mut self, task: TaskId, attempt: u32, node: NodeId) -> Action {
+        self.counters.fenced += 1;
+        Action::Fenced {
+            task,
+            attempt,
+            node,
+        }
     }
 
     fn release(&mut self, task: TaskId, node: &str) {

@@ -20,7 +20,9 @@ use pixmesh_protocol::{ContentId, JobSpec, Step};
 use serde::Serialize;
 
 use crate::blobs::BlobStore;
-use crate::scheduler::{Action, Event, JobId, Millis, Scheduler, SchedulerConfig, TaskSpec};
+use crate::scheduler::{
+    Action, Event, JobId, JobStatus, Millis, Scheduler, SchedulerConfig, TaskSpec,
+};
 use crate::store::{Store, TaskRow};
 
 /// The coordinator's data directory layout.
@@ -86,18 +88,10 @@ pub struct JobView {
     pub id: JobId,
     /// The spec in the one-line form.
     pub steps: String,
-    /// Tasks per state.
-    pub queued: usize,
-    /// Running tasks.
-    pub running: usize,
-    /// Done tasks.
-    pub done: usize,
-    /// Failed tasks.
-    pub failed: usize,
-    /// Cancelled tasks.
-    pub cancelled: usize,
-    /// Why queued tasks are not running, when they are not.
-    pub waiting: Option<String>,
+    /// Tasks per state (from the database) and why queued ones wait (from
+    /// the scheduler).
+    #[serde(flatten)]
+    pub status: JobStatus,
     /// Every task, in submission order.
     pub tasks: Vec<TaskView>,
 }
@@ -217,17 +211,19 @@ impl Coordinator {
             return Ok(None);
         };
         let rows = state.store.job_tasks(job)?;
-        let status = state.scheduler.job_status(job, now);
+        let waiting = state.scheduler.job_status(job, now).waiting;
         let count = |s: &str| rows.iter().filter(|r| r.state == s).count();
         Ok(Some(JobView {
             id: job,
             steps: spec.to_compact(),
-            queued: count("queued"),
-            running: count("running"),
-            done: count("done"),
-            failed: count("failed"),
-            cancelled: count("cancelled"),
-            waiting: status.waiting,
+            status: JobStatus {
+                queued: count("queued"),
+                running: count("running"),
+                done: count("done"),
+                failed: count("failed"),
+                cancelled: count("cancelled"),
+                waiting,
+            },
             tasks: rows
                 .into_iter()
                 .map(|r| TaskView {
