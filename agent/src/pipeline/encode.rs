@@ -84,7 +84,15 @@ pub fn encode(
 
 /// Composite RGBA over an opaque background, returning RGB8.
 pub fn flatten(img: &DynamicImage, bg: Colour) -> Vec<u8> {
-    let rgba = img.to_rgba8();
+    // Borrow when the image is already RGBA8 (the usual case): no copy.
+    let converted;
+    let rgba = match img.as_rgba8() {
+        Some(rgba) => rgba,
+        None => {
+            converted = img.to_rgba8();
+            &converted
+        }
+    };
     let [br, bgg, bb, _] = bg.0;
     let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
     for p in rgba.pixels() {
