@@ -90,3 +90,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<ContentId>(&json).expect("parse"), id);
     }
 }
+
+impl From<[u8; 32]> for ContentId {
+    /// A content id from raw hash bytes (as read off the wire).
+    fn from(raw: [u8; 32]) -> ContentId {
+        ContentId(raw)
+    }
+}

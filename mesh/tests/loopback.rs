@@ -1,0 +1,173 @@
+//! Two real nodes on loopback: control requests both ways, blob transfers,
+//! and the limits and hash checks that protect the receiving side.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use pixmesh_mesh::blob::{self, BlobError, BlobService};
+use pixmesh_mesh::{Multiaddr, Node, NodeConfig, NodeEvent, PeerId};
+use pixmesh_protocol::ContentId;
+use pixmesh_protocol::wire::{Request, Response};
+
+#[derive(Default)]
+struct Shelf {
+    blobs: Mutex<HashMap<ContentId, Vec<u8>>>,
+}
+
+impl BlobService for Shelf {
+    fn get(&self, _peer: &PeerId, id: &ContentId) -> Result<Vec<u8>, String> {
+        let blobs = self.blobs.lock().map_err(|e| e.to_string())?;
+        blobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("no blob {id}"))
+    }
+    fn put(&self, _peer: &PeerId, id: &ContentId, bytes: Vec<u8>) -> Result<(), String> {
+        let mut blobs = self.blobs.lock().map_err(|e| e.to_string())?;
+        blobs.insert(*id, bytes);
+        Ok(())
+    }
+    fn may_put(&self, _peer: &PeerId, _size: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn config(listen: &str, bootstrap: Vec<Multiaddr>) -> NodeConfig {
+    let mut c = NodeConfig::new(Keypair::generate_ed25519(), "pixmesh-test/0");
+    c.listen = vec![listen.parse().expect("addr")];
+    c.bootstrap = bootstrap;
+    c.mdns = false;
+    c
+}
+
+async fn pair(transport: &str) -> (Node, Node, tokio::sync::mpsc::Receiver<NodeEvent>) {
+    let (server, mut server_events) = Node::start(config(transport, vec![])).expect("server");
+    let addrs = server.listen_addrs().await.expect("listening");
+    let (client, _client_events) = Node::start(config(transport, addrs)).expect("client");
+    // Answer every request with Ok, echoing nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(ev) = server_events.recv().await {
+            match ev {
+                NodeEvent::Request {
+                    request, responder, ..
+                } => {
+                    responder.send(match request {
+                        Request::Bye => Response::Refused {
+                            reason: "not now".into(),
+                        },
+                        _ => Response::Ok,
+                    });
+                }
+                other => {
+                    let _ = tx.try_send(other);
+                }
+            }
+        }
+    });
+    (server, client, rx)
+}
+
+async fn exercise(transport: &str) {
+    let (server, client, mut server_events) = pair(transport).await;
+    let answer = client
+        .request(server.peer_id(), Request::Bye)
+        .await
+        .expect("answer");
+    assert_eq!(
+        answer,
+        Response::Refused {
+            reason: "not now".into()
+        }
+    );
+    let connected = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match server_events.recv().await {
+                Some(NodeEvent::Connected { peer, .. }) => break peer,
+                Some(_) => continue,
+                None => panic!("server events ended"),
+            }
+        }
+    })
+    .await
+    .expect("connected event");
+    assert_eq!(connected, client.peer_id());
+
+    let shelf = Arc::new(Shelf::default());
+    let mut server_control = server.stream_control();
+    blob::serve(&mut server_control, shelf.clone(), 1 << 20).expect("serve");
+    let mut control = client.stream_control();
+
+    // Upload, then fetch back; the bytes arrive intact and verified.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let id = blob::push(&mut control, server.peer_id(), &payload)
+        .await
+        .expect("push");
+    assert_eq!(id, ContentId::of(&payload));
+    let back = blob::fetch(&mut control, server.peer_id(), id, 1 << 20)
+        .await
+        .expect("fetch");
+    assert_eq!(back, payload);
+
+    // A blob bigger than the fetcher's limit is refused before reading.
+    let err = blob::fetch(&mut control, server.peer_id(), id, 1000)
+        .await
+        .expect_err("over the limit");
+    assert!(
+        matches!(err, BlobError::TooLarge { size: 300_000, .. }),
+        "{err}"
+    );
+
+    // A PUT over the server's limit is refused with a reason.
+    let big = vec![1u8; (1 << 20) + 1];
+    let err = blob::push(&mut control, server.peer_id(), &big)
+        .await
+        .expect_err("too big to push");
+    assert!(err.to_string().contains("over the limit"), "{err}");
+
+    // A server answering with bytes that do not match the id is caught.
+    let fake = ContentId::of(b"what the client asked for");
+    shelf
+        .blobs
+        .lock()
+        .expect("lock")
+        .insert(fake, b"something else".to_vec());
+    let err = blob::fetch(&mut control, server.peer_id(), fake, 1 << 20)
+        .await
+        .expect_err("corrupt");
+    assert!(matches!(err, BlobError::Corrupt { .. }), "{err}");
+
+    // Unknown blob: the server's reason reaches the client.
+    let err = blob::fetch(
+        &mut control,
+        server.peer_id(),
+        ContentId::of(b"nope"),
+        1 << 20,
+    )
+    .await
+    .expect_err("missing");
+    assert!(err.to_string().contains("no blob"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_control_and_blobs() {
+    exercise("/ip4/127.0.0.1/udp/0/quic-v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_fallback_control_and_blobs() {
+    exercise("/ip4/127.0.0.1/tcp/0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_an_unreachable_peer_fails_with_a_reason() {
+    let (node, _events) = Node::start(config("/ip4/127.0.0.1/tcp/0", vec![])).expect("node");
+    let stranger = Keypair::generate_ed25519().public().to_peer_id();
+    let err = node
+        .request(stranger, Request::Bye)
+        .await
+        .expect_err("nobody there");
+    assert!(err.to_string().contains(&stranger.to_string()), "{err}");
+}
