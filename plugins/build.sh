@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build every plugin in this workspace to optimised, stripped .wasm files in
 # plugins/dist/. Uses rustup's wasm32-unknown-unknown target when installed;
-# otherwise Debian's Rust (rustc, cargo, libstd-rust-dev-wasm32), installing
+# otherwise Debian's Rust (rustc, cargo, libstd-rust-dev-wasm32, lld-14), installing
 # it with apt-get when running as root.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -11,12 +11,15 @@ target=wasm32-unknown-unknown
 if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"; then
   build=(cargo build)
 else
-  if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/$target ]; then
+  # rust-lld (the wasm linker) points into lld-14, only a Recommends of
+  # libstd-rust-dev-wasm32, so name it.
+  if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/$target ] \
+     || ! command -v lld-14 >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
       echo "plugins: installing Debian's Rust for $target" >&2
       export DEBIAN_FRONTEND=noninteractive
       apt-get update -qq
-      apt-get install -y -qq --no-install-recommends rustc cargo libstd-rust-dev-wasm32 >/dev/null
+      apt-get install -y -qq --no-install-recommends rustc cargo libstd-rust-dev-wasm32 lld-14 >/dev/null
     else
       echo "plugins: need rustup's $target target, or Debian's rustc, cargo and libstd-rust-dev-wasm32" >&2
       exit 1

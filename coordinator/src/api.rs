@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +26,22 @@ pub const MAX_SUBMIT_BYTES: usize = 1 << 30;
 struct AppState {
     coordinator: Arc<Coordinator>,
     token: Arc<str>,
+    info: Arc<Info>,
 }
+
+/// What `GET /v1/info` says: how agents reach this coordinator.
+#[derive(Debug, Clone, serde::Serialize, Default)]
+pub struct Info {
+    /// The coordinator's libp2p peer id.
+    pub peer_id: String,
+    /// Its libp2p listen addresses, each ending in `/p2p/<peer id>`.
+    pub mesh_addrs: Vec<String>,
+    /// Its version.
+    pub version: String,
+}
+
+/// Largest plugin module accepted.
+pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
 /// An API error: a status and a message naming the problem.
 struct ApiError(StatusCode, String);
@@ -52,16 +68,23 @@ fn not_found(msg: impl Into<String>) -> ApiError {
 }
 
 /// The router, with authentication on every route.
-pub fn router(coordinator: Arc<Coordinator>, token: &str) -> Router {
+pub fn router(coordinator: Arc<Coordinator>, token: &str, info: Arc<Info>) -> Router {
     let state = AppState {
         coordinator,
         token: Arc::from(token),
+        info,
     };
     Router::new()
+        .route("/v1/info", get(info_handler))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(status))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/results", get(archive))
         .route("/v1/jobs/{id}/results/{name}", get(result))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/plugins", post(deploy).get(plugins))
+        .route("/v1/tokens", post(create_token).get(tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .layer(DefaultBodyLimit::max(MAX_SUBMIT_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
@@ -119,6 +142,10 @@ async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Re
         }
     };
     let coordinator = state.coordinator.clone();
+    let c = coordinator.clone();
+    let spec = blocking(move || c.resolve_plugins(&spec))
+        .await?
+        .map_err(bad)?;
     let (job, tasks) = blocking(move || coordinator.submit(&spec, &images)).await?;
     Ok((
         StatusCode::CREATED,
@@ -231,5 +258,111 @@ async fn result(
             format!("{name} in job {id} has no result: it is {state}"),
         )),
         ResultLookup::NoSuchTask => Err(not_found(format!("job {id} has no image named {name:?}"))),
+    }
+}
+
+async fn info_handler(State(state): State<AppState>) -> Response {
+    Json(state.info.as_ref().clone()).into_response()
+}
+
+async fn archive(
+    State(state): State<AppState>,
+    Path(id): Path<JobId>,
+) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    match blocking(move || c.results_archive(id)).await? {
+        Some((tar, count)) => Ok((
+            [
+                (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"job-{id}.tar\""),
+                ),
+                (
+                    header::HeaderName::from_static("x-pixmesh-files"),
+                    count.to_string(),
+                ),
+            ],
+            tar,
+        )
+            .into_response()),
+        None => Err(not_found(format!("no job {id}"))),
+    }
+}
+
+async fn nodes(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    Ok(Json(blocking(move || c.nodes()).await?).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DeployQuery {
+    name: String,
+}
+
+/// `POST /v1/plugins?name=NAME` with the module as the body.
+async fn deploy(
+    State(state): State<AppState>,
+    Query(q): Query<DeployQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if body.len() > MAX_PLUGIN_BYTES {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "plugin is {} bytes, over the limit of {MAX_PLUGIN_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let c = state.coordinator.clone();
+    let name = q.name.clone();
+    let hash = blocking(move || c.deploy_plugin(&body, &name))
+        .await?
+        .map_err(|e| bad(format!("plugin {}: {e}", q.name)))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": q.name, "hash": hash })),
+    )
+        .into_response())
+}
+
+async fn plugins(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    Ok(Json(blocking(move || c.plugins()).await?).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TokenRequest {
+    /// Seconds the token stays valid; absent for no expiry.
+    ttl_secs: Option<u64>,
+}
+
+async fn create_token(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: TokenRequest = if body.is_empty() {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad token request: {e}")))?
+    };
+    let c = state.coordinator.clone();
+    let token = blocking(move || c.create_token(req.ttl_secs)).await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+async fn tokens(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    Ok(Json(blocking(move || c.tokens()).await?).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    let lookup = id.clone();
+    if blocking(move || c.revoke_token(&lookup)).await? {
+        Ok(Json(json!({ "revoked": id })).into_response())
+    } else {
+        Err(not_found(format!("no join token {id}")))
     }
 }

@@ -17,9 +17,9 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// pixmesh: serverless image processing on a mesh of edge devices.
 ///
-/// Today: `pixmesh run` processes images on this machine with the same engine
-/// the mesh agents run, and `pixmesh bench` measures it against libvips and
-/// ImageMagick.
+/// `pixmesh run` processes images on this machine. On a mesh, `pixmesh
+/// coordinator` runs the coordinator, agents join it with `pixmesh-agent
+/// run`, and `pixmesh submit` / `status` / `results` work with jobs there.
 #[derive(Debug, Parser)]
 #[command(name = "pixmesh", version, about, long_about = None)]
 pub struct Cli {
@@ -47,11 +47,57 @@ pub enum Command {
     ///   pixmesh run --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ -o out/
     ///   pixmesh run --pipeline spec.json a.jpg b.png -o out/ --json
     Run(RunArgs),
-    /// Run the coordinator daemon: durable job store and the HTTP API for the CLI.
+    /// Run the coordinator daemon: durable job store, the HTTP API for the
+    /// CLI, and the libp2p node agents enrol with and take tasks from.
     ///
-    /// The mesh side (handing tasks to agents over libp2p) is not built yet:
-    /// jobs are stored and wait, and `GET /v1/jobs/{id}` says why.
+    /// On first start it creates an API token (file api-token in the data
+    /// directory, mode 0600); make join tokens for agents with `pixmesh
+    /// token create`. It prints its mesh addresses for agents' --bootstrap.
     Coordinator(crate::daemon::CoordinatorArgs),
+    /// Submit a job to the coordinator: a pipeline and images.
+    ///
+    /// Examples:
+    ///   pixmesh submit --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ --wait
+    ///   pixmesh submit --pipeline spec.toml a.jpg b.png --json
+    Submit(crate::client::SubmitArgs),
+    /// Show a job: counts, why it waits, and every image with its state.
+    Status {
+        /// Job id.
+        job: u64,
+        #[command(flatten)]
+        remote: crate::client::Remote,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        #[command(flatten)]
+        remote: crate::client::Remote,
+    },
+    /// Download a job's results into a directory (named as `pixmesh run` names them).
+    Results {
+        /// Job id.
+        job: u64,
+        /// Directory for the results (created if missing).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        remote: crate::client::Remote,
+    },
+    /// Cancel a job's unfinished images (agents working on them are told to stop).
+    Cancel {
+        /// Job id.
+        job: u64,
+        #[command(flatten)]
+        remote: crate::client::Remote,
+    },
+    /// The coordinator's node table: enrolled agents with health, RTT and
+    /// load, and pending or refused peers.
+    Nodes {
+        #[command(flatten)]
+        remote: crate::client::Remote,
+    },
+    /// Join tokens that let agents enrol with the coordinator.
+    #[command(subcommand)]
+    Token(crate::client::TokenCommand),
     /// Manage the local plugin registry (WebAssembly transform plugins).
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -84,6 +130,22 @@ pub enum PluginCommand {
         json: bool,
         #[command(flatten)]
         home: HomeArgs,
+    },
+    /// Validate a plugin on the coordinator and deploy it there; agents
+    /// fetch it by hash when a job needs it.
+    Deploy {
+        /// The .wasm module.
+        file: PathBuf,
+        /// Name jobs refer to it by (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: crate::client::Remote,
+    },
+    /// List the plugins deployed on the coordinator.
+    Deployed {
+        #[command(flatten)]
+        remote: crate::client::Remote,
     },
     /// Remove a plugin by name, or by hash with all its names.
     Remove {
@@ -226,8 +288,8 @@ pub struct RunArgs {
 /// Set up `tracing` to stderr; `RUST_LOG` wins over `-v`.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,libp2p_kad=error",
+        1 => "info,libp2p_kad=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -245,6 +307,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => crate::bench::run_command(args),
         Command::Plugin(cmd) => plugin_command(cmd),
         Command::Coordinator(args) => crate::daemon::run_command(args),
+        Command::Submit(args) => crate::client::submit(args),
+        Command::Status { job, remote } => crate::client::status(job, &remote),
+        Command::Jobs { remote } => crate::client::jobs(&remote),
+        Command::Results {
+            job,
+            output,
+            remote,
+        } => crate::client::results(job, &output, &remote),
+        Command::Cancel { job, remote } => crate::client::cancel(job, &remote),
+        Command::Nodes { remote } => crate::client::nodes(&remote),
+        Command::Token(cmd) => crate::client::token(cmd),
     }
 }
 
@@ -292,6 +365,10 @@ fn plugin_command(cmd: PluginCommand) -> Result<ExitCode> {
                 }
             }
         }
+        PluginCommand::Deploy { file, name, remote } => {
+            return crate::client::deploy(&file, name, &remote);
+        }
+        PluginCommand::Deployed { remote } => return crate::client::deployed(&remote),
         PluginCommand::Remove { what, home: h } => {
             let removed = Registry::open(&home(h.home.as_deref()))?.remove(&what)?;
             println!(

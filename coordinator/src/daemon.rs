@@ -1,8 +1,8 @@
 //! `pixmesh coordinator`: the coordinator daemon.
 //!
-//! Today it serves the HTTP API over the durable job store and runs the
-//! scheduler's clock; the libp2p side that hands tasks to agents is to come,
-//! so submitted jobs wait with a status saying that no agent has joined.
+//! It serves the HTTP API over the durable job store, runs the libp2p node
+//! agents enrol with and take tasks from, and drives the scheduler's clock
+//! (health, lease expiry, backoff) every 100 ms.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,50 @@ pub struct CoordinatorArgs {
         env = "PIXMESH_API_LISTEN"
     )]
     pub listen: SocketAddr,
+    /// libp2p listen address for agents; repeat for several.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "PIXMESH_P2P_LISTEN",
+        value_delimiter = ',',
+        default_value = "/ip4/0.0.0.0/udp/7701/quic-v1,/ip4/0.0.0.0/tcp/7701"
+    )]
+    pub p2p_listen: Vec<pixmesh_mesh::Multiaddr>,
+    /// Do not announce or discover peers on the LAN with mDNS.
+    #[arg(long, env = "PIXMESH_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Silence after which an agent is dead and its tasks are reassigned, ms.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 5000,
+        env = "PIXMESH_DEAD_AFTER_MS"
+    )]
+    pub dead_after_ms: u64,
+    /// Silence after which an agent gets no new work, ms.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2500,
+        env = "PIXMESH_SUSPECT_AFTER_MS"
+    )]
+    pub suspect_after_ms: u64,
+    /// How long an assignment holds without a progress report, ms.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        env = "PIXMESH_LEASE_MS"
+    )]
+    pub lease_ms: u64,
+    /// Attempts per task before it fails for good.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        env = "PIXMESH_MAX_ATTEMPTS"
+    )]
+    pub max_attempts: u32,
 }
 
 async fn shutdown_signal() {
@@ -54,7 +98,18 @@ pub fn run_command(args: CoordinatorArgs) -> Result<ExitCode> {
         args.data_dir
             .unwrap_or_else(|| crate::registry::home(None).join("coordinator")),
     );
-    let coordinator = Arc::new(Coordinator::open(&dir, SchedulerConfig::default())?);
+    if args.suspect_after_ms >= args.dead_after_ms {
+        anyhow::bail!("--suspect-after-ms must be less than --dead-after-ms");
+    }
+    let config = SchedulerConfig {
+        lease_ms: args.lease_ms,
+        max_attempts: args.max_attempts.max(1),
+        suspect_after_ms: args.suspect_after_ms,
+        dead_after_ms: args.dead_after_ms,
+        ..SchedulerConfig::default()
+    };
+    let coordinator = Arc::new(Coordinator::open(&dir, config)?);
+    let keypair = pixmesh_mesh::identity::load_or_create(&dir.0.join("identity.key"))?;
     let token = api_token(&dir.token())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -66,17 +121,33 @@ pub fn run_command(args: CoordinatorArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let (node, mesh_addrs) = crate::mesh::start(
+            coordinator.clone(),
+            keypair,
+            args.p2p_listen.clone(),
+            !args.no_mdns,
+        )
+        .await?;
         println!(
             "pixmesh coordinator listening on http://{addr} (data in {}, API token in {})",
             dir.0.display(),
             dir.token().display()
         );
+        println!("peer id {}", node.peer_id());
+        for a in &mesh_addrs {
+            println!("mesh address {a}");
+        }
+        let info = Arc::new(crate::api::Info {
+            peer_id: node.peer_id().to_string(),
+            mesh_addrs: mesh_addrs.iter().map(|a| a.to_string()).collect(),
+            version: crate::mesh::VERSION.to_owned(),
+        });
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let ticker = {
             let c = coordinator.clone();
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(250));
+                let mut every = tokio::time::interval(Duration::from_millis(100));
                 loop {
                     every.tick().await;
                     let c = c.clone();
@@ -90,7 +161,7 @@ pub fn run_command(args: CoordinatorArgs) -> Result<ExitCode> {
                 }
             })
         };
-        let served = axum::serve(listener, crate::api::router(coordinator, &token))
+        let served = axum::serve(listener, crate::api::router(coordinator, &token, info))
             .with_graceful_shutdown(shutdown_signal())
             .await;
         ticker.abort();

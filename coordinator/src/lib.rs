@@ -1,4 +1,4 @@
-//! The `pixmesh` CLI and (to come) the coordinator daemon.
+//! The `pixmesh` CLI and the coordinator daemon.
 //!
 //! # Layout
 //! - [`cli`]: argument definitions and dispatch; converts raw arguments into
@@ -6,8 +6,11 @@
 //! - [`local`]: `pixmesh run`, the whole pipeline on this machine: input
 //!   discovery, deterministic output names, parallel processing, the report.
 //! - [`registry`]: the local plugin registry (`pixmesh plugin ...`).
-//! - [`scheduler`]: task placement, leases and fencing as pure logic (the
-//!   coordinator daemon that drives it is to come).
+//! - [`scheduler`]: task placement, leases and fencing as pure logic.
+//! - [`mesh`]: the coordinator's libp2p side: enrolment, control requests,
+//!   blobs for agents, dispatch of assignments.
+//! - [`client`]: the CLI commands that talk to a coordinator (`submit`,
+//!   `status`, `results`, `nodes`, `token`, `plugin deploy`, ...).
 //! - [`daemon`]: `pixmesh coordinator`, serving [`api`] over [`service`].
 //! - [`service`]: store + blobs + scheduler kept consistent; durable submit, recovery.
 //! - [`api`]: the HTTP API (axum, JSON, bearer token).
@@ -20,8 +23,10 @@ pub mod api;
 pub mod bench;
 pub mod blobs;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod local;
+pub mod mesh;
 pub mod registry;
 pub mod scheduler;
 pub mod service;

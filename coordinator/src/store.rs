@@ -48,8 +48,9 @@ impl<T> Context<T> for rusqlite::Result<T> {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE jobs (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE jobs (
             id         INTEGER PRIMARY KEY,
             spec       TEXT    NOT NULL,
             cancelled  INTEGER NOT NULL DEFAULT 0,
@@ -81,11 +82,64 @@ fn migrations() -> Migrations<'static> {
             name TEXT PRIMARY KEY,
             hash TEXT NOT NULL
         );",
-    )])
+        ),
+        M::up(
+            "ALTER TABLE tasks ADD COLUMN assigned_ms REAL;
+        ALTER TABLE tasks ADD COLUMN finished_ms REAL;
+        ALTER TABLE nodes ADD COLUMN reason TEXT;
+        CREATE TABLE join_tokens (
+            id         TEXT    PRIMARY KEY,
+            hash       TEXT    NOT NULL UNIQUE,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER,
+            revoked    INTEGER NOT NULL DEFAULT 0,
+            used       INTEGER NOT NULL DEFAULT 0
+        );",
+        ),
+    ])
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    /// Peer id.
+    pub peer: String,
+    /// `enrolled`, `pending` or `refused`.
+    pub status: String,
+    /// First seen, Unix ms.
+    pub first_seen_ms: i64,
+    /// Last seen, Unix ms.
+    pub last_seen_ms: Option<i64>,
+    /// Agent version.
+    pub version: Option<String>,
+    /// Why it was refused.
+    pub reason: Option<String>,
+}
+
+/// A join token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRow {
+    /// Short id, for revoking.
+    pub id: String,
+    /// Created, Unix ms.
+    pub created_ms: i64,
+    /// Expiry, Unix ms; None for never.
+    pub expires_ms: Option<i64>,
+    /// Revoked.
+    pub revoked: bool,
+    /// Agents enrolled with it.
+    pub used: u64,
 }
 
 /// A task as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskRow {
     /// Task id.
     pub id: TaskId,
@@ -105,6 +159,10 @@ pub struct TaskRow {
     pub output: Option<ContentId>,
     /// Failure reason, when failed.
     pub error: Option<String>,
+    /// When the latest attempt was assigned, Unix ms.
+    pub assigned_ms: Option<f64>,
+    /// When it finished, Unix ms.
+    pub finished_ms: Option<f64>,
 }
 
 /// The database.
@@ -193,7 +251,7 @@ impl Store {
 
     fn tasks_where(&self, clause: &str, arg: Option<i64>) -> Result<Vec<TaskRow>, StoreError> {
         let sql = format!(
-            "SELECT id, job, name, input, state, attempt, node, output, error FROM tasks {clause} ORDER BY id"
+            "SELECT id, job, name, input, state, attempt, node, output, error, assigned_ms, finished_ms FROM tasks {clause} ORDER BY id"
         );
         let mut stmt = self.conn.prepare(&sql).ctx("preparing a task query")?;
         let rows = match arg {
@@ -203,8 +261,10 @@ impl Store {
         .ctx("querying tasks")?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, job, name, input, state, attempt, node, output, error) =
-                row.ctx("reading a task")?;
+            let (
+                (id, job, name, input, state, attempt, node, output, error),
+                (assigned_ms, finished_ms),
+            ) = row.ctx("reading a task")?;
             out.push(TaskRow {
                 id: id as TaskId,
                 job: job as JobId,
@@ -215,6 +275,8 @@ impl Store {
                 node,
                 output: output.map(parse_id).transpose()?,
                 error,
+                assigned_ms,
+                finished_ms,
             });
         }
         Ok(out)
@@ -252,9 +314,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE tasks SET state = 'running', attempt = ?2, node = ?3
+                "UPDATE tasks SET state = 'running', attempt = ?2, node = ?3, assigned_ms = ?4
                  WHERE id = ?1 AND state IN ('queued', 'running')",
-                params![task as i64, attempt, node],
+                params![task as i64, attempt, node, unix_ms()],
             )
             .ctx("recording an assignment")?;
         Ok(())
@@ -282,9 +344,9 @@ impl Store {
         let n = self
             .conn
             .execute(
-                "UPDATE tasks SET state = 'done', output = ?3
+                "UPDATE tasks SET state = 'done', output = ?3, finished_ms = ?4
                  WHERE id = ?1 AND attempt = ?2 AND state = 'running'",
-                params![task as i64, attempt, output.to_string()],
+                params![task as i64, attempt, output.to_string(), unix_ms()],
             )
             .ctx("recording a result")?;
         Ok(n == 1)
@@ -294,8 +356,8 @@ impl Store {
     pub fn record_failed(&mut self, task: TaskId, reason: &str) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE tasks SET state = 'failed', error = ?2 WHERE id = ?1 AND state IN ('queued', 'running')",
-                params![task as i64, reason],
+                "UPDATE tasks SET state = 'failed', error = ?2, finished_ms = ?3 WHERE id = ?1 AND state IN ('queued', 'running')",
+                params![task as i64, reason, unix_ms()],
             )
             .ctx("recording a failure")?;
         Ok(())
@@ -317,6 +379,169 @@ impl Store {
     }
 }
 
+impl Store {
+    /// One task.
+    pub fn task(&self, task: TaskId) -> Result<Option<TaskRow>, StoreError> {
+        Ok(self
+            .tasks_where("WHERE id = ?1", Some(task as i64))?
+            .into_iter()
+            .next())
+    }
+
+    /// A node's stored status, if it has been seen.
+    pub fn node_status(&self, peer: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT status FROM nodes WHERE peer = ?1", [peer], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx("reading a node")
+    }
+
+    /// Record a node's status (and version, reason), keeping first-seen.
+    pub fn set_node(
+        &mut self,
+        peer: &str,
+        status: &str,
+        version: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = unix_ms() as i64;
+        self.conn
+            .execute(
+                "INSERT INTO nodes (peer, status, first_seen_ms, last_seen_ms, version, reason)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+                 ON CONFLICT (peer) DO UPDATE SET status = ?2, last_seen_ms = ?3,
+                   version = coalesce(?4, version), reason = ?5",
+                params![peer, status, now, version, reason],
+            )
+            .ctx("recording a node")?;
+        Ok(())
+    }
+
+    /// Every node ever seen.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT peer, status, first_seen_ms, last_seen_ms, version, reason FROM nodes ORDER BY first_seen_ms, peer",
+            )
+            .ctx("preparing node list")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(NodeRow {
+                    peer: r.get(0)?,
+                    status: r.get(1)?,
+                    first_seen_ms: r.get(2)?,
+                    last_seen_ms: r.get(3)?,
+                    version: r.get(4)?,
+                    reason: r.get(5)?,
+                })
+            })
+            .ctx("listing nodes")?;
+        rows.map(|r| r.ctx("reading a node")).collect()
+    }
+
+    /// Store a new join token (by its hash); returns its short id.
+    pub fn create_token(
+        &mut self,
+        hash: &str,
+        expires_ms: Option<i64>,
+    ) -> Result<String, StoreError> {
+        let id = hash[..12.min(hash.len())].to_owned();
+        self.conn
+            .execute(
+                "INSERT INTO join_tokens (id, hash, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![id, hash, unix_ms() as i64, expires_ms],
+            )
+            .ctx("storing a join token")?;
+        Ok(id)
+    }
+
+    /// Check a join token by its hash and count a use. Err is the reason it
+    /// is not good.
+    pub fn use_token(&mut self, hash: &str) -> Result<Result<(), String>, StoreError> {
+        let row: Option<(String, Option<i64>, bool)> = self
+            .conn
+            .query_row(
+                "SELECT id, expires_ms, revoked FROM join_tokens WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .ctx("reading a join token")?;
+        let Some((id, expires, revoked)) = row else {
+            return Ok(Err("unknown join token".into()));
+        };
+        if revoked {
+            return Ok(Err(format!("join token {id} was revoked")));
+        }
+        if expires.is_some_and(|e| (e as f64) < unix_ms()) {
+            return Ok(Err(format!("join token {id} has expired")));
+        }
+        self.conn
+            .execute(
+                "UPDATE join_tokens SET used = used + 1 WHERE id = ?1",
+                [&id],
+            )
+            .ctx("counting a token use")?;
+        Ok(Ok(()))
+    }
+
+    /// Revoke a join token by id; false if there is none.
+    pub fn revoke_token(&mut self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])
+            .ctx("revoking a join token")?;
+        Ok(n == 1)
+    }
+
+    /// Every join token, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, created_ms, expires_ms, revoked, used FROM join_tokens ORDER BY created_ms")
+            .ctx("preparing token list")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    created_ms: r.get(1)?,
+                    expires_ms: r.get(2)?,
+                    revoked: r.get(3)?,
+                    used: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .ctx("listing tokens")?;
+        rows.map(|r| r.ctx("reading a token")).collect()
+    }
+
+    /// Point a plugin name at a hash.
+    pub fn set_plugin(&mut self, name: &str, hash: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO plugins (name, hash) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET hash = ?2",
+                params![name, hash],
+            )
+            .ctx("naming a plugin")?;
+        Ok(())
+    }
+
+    /// Every plugin name and its hash, by name.
+    pub fn plugins(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, hash FROM plugins ORDER BY name")
+            .ctx("preparing plugin list")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ctx("listing plugins")?;
+        rows.map(|r| r.ctx("reading a plugin")).collect()
+    }
+}
+
 type RawTask = (
     i64,
     i64,
@@ -329,17 +554,23 @@ type RawTask = (
     Option<String>,
 );
 
-fn raw_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawTask> {
+/// Assignment and finish times.
+type Times = (Option<f64>, Option<f64>);
+
+fn raw_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawTask, Times)> {
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ),
+        (r.get(9)?, r.get(10)?),
     ))
 }
 

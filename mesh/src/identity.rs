@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use libp2p::identity::Keypair;
+pub use libp2p::identity::Keypair;
 
 /// Load the key at `path`, creating a new one there if there is none.
 pub fn load_or_create(path: &Path) -> Result<Keypair> {

@@ -418,28 +418,25 @@ impl EventLoop {
                 endpoint,
                 num_established,
                 ..
-            } => {
-                if num_established.get() == 1 {
-                    emit(
-                        &self.events,
-                        NodeEvent::Connected {
-                            peer: peer_id,
-                            address: endpoint.get_remote_address().clone(),
-                        },
-                    )
-                    .await;
-                }
+            } if num_established.get() == 1 => {
+                let address = endpoint.get_remote_address().clone();
+                emit(
+                    &self.events,
+                    NodeEvent::Connected {
+                        peer: peer_id,
+                        address,
+                    },
+                )
+                .await;
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
             } => {
-                if num_established == 0 {
-                    tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
-                    emit(&self.events, NodeEvent::Disconnected { peer: peer_id }).await;
-                }
+                tracing::debug!(peer = %peer_id, cause = ?cause, "disconnected");
+                emit(&self.events, NodeEvent::Disconnected { peer: peer_id }).await;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");

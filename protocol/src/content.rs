@@ -70,6 +70,13 @@ impl From<ContentId> for String {
     }
 }
 
+impl From<[u8; 32]> for ContentId {
+    /// A content id from raw hash bytes (as read off the wire).
+    fn from(raw: [u8; 32]) -> ContentId {
+        ContentId(raw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,12 +95,5 @@ mod tests {
         assert!("ABC".parse::<ContentId>().is_err());
         let json = serde_json::to_string(&id).expect("serialise");
         assert_eq!(serde_json::from_str::<ContentId>(&json).expect("parse"), id);
-    }
-}
-
-impl From<[u8; 32]> for ContentId {
-    /// A content id from raw hash bytes (as read off the wire).
-    fn from(raw: [u8; 32]) -> ContentId {
-        ContentId(raw)
     }
 }

@@ -1,0 +1,483 @@
+//! The agent daemon: enrol with the coordinator(s), heartbeat, take tasks,
+//! fetch what they need by content id, run the pipeline, send results back.
+//!
+//! Every task is fenced by its attempt number: Progress, Completed and
+//! Failed quote it, and a Revoke for that attempt stops the work. Tasks are
+//! accepted only from the configured coordinators and only while a slot is
+//! free (otherwise the answer is `Busy` and the coordinator places the task
+//! elsewhere). On SIGINT/SIGTERM the agent stops taking tasks, hands every
+//! in-flight one back (a retryable failure, so it is reassigned at once
+//! rather than after a lease expires), says `Bye` and exits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pixmesh_mesh::blob;
+use pixmesh_mesh::{Node, NodeConfig, NodeEvent, PeerId};
+use pixmesh_protocol::wire::{Advert, Assignment, Request, Response, TaskId};
+use pixmesh_protocol::{ContentId, PluginRef, Step};
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+
+use crate::config::AgentConfig;
+use crate::pipeline::{Pipeline, PluginSet};
+use crate::sandbox::{Plugin, PluginHost};
+
+/// Largest plugin module fetched.
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// The agent's version, sent in identify and adverts.
+pub const VERSION: &str = concat!("pixmesh-agent/", env!("CARGO_PKG_VERSION"));
+
+struct Running {
+    attempt: u32,
+    coordinator: PeerId,
+    abort: AbortHandle,
+}
+
+struct Agent {
+    node: Node,
+    config: AgentConfig,
+    host: Arc<PluginHost>,
+    plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<TaskId, Running>>,
+    accepting: AtomicBool,
+    queued: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Resident set size of this process, from /proc.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Why a task could not finish, and whether another try may succeed.
+struct TaskFailure {
+    reason: String,
+    retryable: bool,
+}
+
+impl TaskFailure {
+    fn retry(reason: impl Into<String>) -> TaskFailure {
+        TaskFailure {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
+    fn fatal(reason: impl Into<String>) -> TaskFailure {
+        TaskFailure {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Run the agent until SIGINT/SIGTERM. Prints its peer id and addresses.
+pub async fn run(config: AgentConfig) -> Result<()> {
+    std::fs::create_dir_all(config.plugin_dir())
+        .with_context(|| format!("cannot create {}", config.plugin_dir().display()))?;
+    let keypair = pixmesh_mesh::identity::load_or_create(&config.identity_path())?;
+    let mut node_config = NodeConfig::new(keypair, VERSION);
+    node_config.listen = config.listen.clone();
+    node_config.bootstrap = config.bootstrap.clone();
+    node_config.mdns = config.mdns;
+    let (node, mut events) = Node::start(node_config)?;
+    let host = Arc::new(
+        PluginHost::new(config.sandbox.clone()).context("cannot start the plugin sandbox")?,
+    );
+    let addrs = node.listen_addrs().await?;
+    println!("pixmesh-agent {} ready", node.peer_id());
+    for a in &addrs {
+        println!("  listening on {a}");
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let agent = Arc::new(Agent {
+        slots: Arc::new(Semaphore::new(config.concurrency)),
+        node,
+        host,
+        plugins: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashMap::new()),
+        accepting: AtomicBool::new(true),
+        queued: AtomicU32::new(0),
+        config,
+    });
+    for coordinator in agent.config.coordinators.clone() {
+        tokio::spawn(session(agent.clone(), coordinator));
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = events.recv() => match event {
+                Some(NodeEvent::Request { peer, request, responder }) => {
+                    responder.send(agent.clone().on_request(peer, request));
+                }
+                Some(NodeEvent::Connected { peer, address }) => {
+                    tracing::debug!(%peer, %address, "connected");
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    agent.shut_down().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// Keep one coordinator informed: Hello until welcomed, then a heartbeat
+/// every second; back to Hello whenever the coordinator stops answering
+/// or forgets us.
+async fn session(agent: Arc<Agent>, coordinator: PeerId) {
+    let mut welcomed = false;
+    let mut last_refusal = String::new();
+    let mut every = tokio::time::interval(agent.config.heartbeat_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while agent.accepting.load(Ordering::Relaxed) {
+        every.tick().await;
+        let request = if welcomed {
+            Request::Heartbeat(agent.advert())
+        } else {
+            Request::Hello {
+                version: VERSION.into(),
+                join_token: agent.config.join_token.clone(),
+            }
+        };
+        match agent.node.request(coordinator, request).await {
+            Ok(Response::Welcome) => {
+                if !welcomed {
+                    tracing::info!(%coordinator, "enrolled with the coordinator");
+                    println!("enrolled with coordinator {coordinator}");
+                }
+                welcomed = true;
+            }
+            Ok(Response::Ok) => {}
+            Ok(Response::Refused { reason }) => {
+                if reason != last_refusal {
+                    tracing::warn!(%coordinator, %reason, "the coordinator refused this agent");
+                    eprintln!("coordinator {coordinator} refused this agent: {reason}");
+                    last_refusal = reason;
+                }
+                welcomed = false;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Ok(other) => tracing::debug!(?other, "unexpected answer to a heartbeat"),
+            Err(e) => {
+                tracing::debug!(%coordinator, cause = %e, "coordinator unreachable");
+                welcomed = false;
+            }
+        }
+    }
+}
+
+impl Agent {
+    fn advert(&self) -> Advert {
+        let running = lock(&self.running).len() as u32;
+        let mut plugins: Vec<String> = lock(&self.plugins).keys().cloned().collect();
+        if let Ok(dir) = std::fs::read_dir(self.config.plugin_dir()) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(h) = name.strip_suffix(".wasm")
+                    && !plugins.iter().any(|p| p == h)
+                {
+                    plugins.push(h.to_owned());
+                }
+            }
+        }
+        plugins.sort();
+        Advert {
+            version: VERSION.into(),
+            slots: self.config.concurrency as u32,
+            running,
+            queue_depth: self.queued.load(Ordering::Relaxed),
+            plugins,
+            rss_bytes: rss_bytes(),
+        }
+    }
+
+    fn on_request(self: Arc<Self>, peer: PeerId, request: Request) -> Response {
+        if !self.config.coordinators.contains(&peer) {
+            tracing::warn!(%peer, "refused a request from a peer that is not a configured coordinator");
+            return Response::Refused {
+                reason: "this agent takes tasks only from its configured coordinators".into(),
+            };
+        }
+        match request {
+            Request::Assign(assignment) => self.accept(peer, assignment),
+            Request::Revoke { task, attempt } => {
+                let mut running = lock(&self.running);
+                if running.get(&task).is_some_and(|r| r.attempt == attempt)
+                    && let Some(r) = running.remove(&task)
+                {
+                    r.abort.abort();
+                    tracing::info!(task, attempt, "task revoked");
+                }
+                Response::Ok
+            }
+            other => Response::Refused {
+                reason: format!("an agent does not take {:?} requests", kind(&other)),
+            },
+        }
+    }
+
+    fn accept(self: Arc<Self>, coordinator: PeerId, a: Assignment) -> Response {
+        if !self.accepting.load(Ordering::Relaxed) {
+            return Response::Refused {
+                reason: "agent shutting down".into(),
+            };
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return Response::Busy;
+        };
+        let mut running = lock(&self.running);
+        if let Some(r) = running.get(&a.task) {
+            if r.attempt >= a.attempt {
+                // A duplicate delivery of an assignment already being worked on.
+                return Response::Ok;
+            }
+            r.abort.abort();
+        }
+        let (task, attempt) = (a.task, a.attempt);
+        let me = self.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = me.work(coordinator, &a).await;
+            // Free the slot before reporting: the coordinator may answer the
+            // report by assigning the next task here at once.
+            drop(permit);
+            me.finish(coordinator, &a, outcome).await;
+        });
+        running.insert(
+            task,
+            Running {
+                attempt,
+                coordinator,
+                abort: handle.abort_handle(),
+            },
+        );
+        Response::Ok
+    }
+
+    /// Fetch, process, upload. Progress reports renew the lease meanwhile.
+    async fn work(
+        &self,
+        coordinator: PeerId,
+        a: &Assignment,
+    ) -> Result<(ContentId, f64, f64), TaskFailure> {
+        let progress = {
+            let node = self.node.clone();
+            let (task, attempt) = (a.task, a.attempt);
+            let every = Duration::from_millis((a.lease_ms / 3).max(200));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let _ = node
+                        .request(coordinator, Request::Progress { task, attempt })
+                        .await;
+                }
+            })
+        };
+        let result = self.work_inner(coordinator, a).await;
+        progress.abort();
+        result
+    }
+
+    async fn work_inner(
+        &self,
+        coordinator: PeerId,
+        a: &Assignment,
+    ) -> Result<(ContentId, f64, f64), TaskFailure> {
+        let started = Instant::now();
+        let mut set = PluginSet::new(self.host.clone());
+        for (i, step) in a.spec.steps.iter().enumerate() {
+            let Step::Plugin(p) = step else { continue };
+            let PluginRef::Hash(hash) = &p.plugin else {
+                return Err(TaskFailure::fatal(format!(
+                    "step {} (plugin): `{}` is a name; the coordinator sends plugins by hash",
+                    i + 1,
+                    p.plugin
+                )));
+            };
+            let plugin = self
+                .plugin(coordinator, hash)
+                .await
+                .map_err(|e| TaskFailure {
+                    reason: format!("step {} (plugin): {}", i + 1, e.reason),
+                    retryable: e.retryable,
+                })?;
+            set.insert(p.plugin.clone(), plugin);
+        }
+        let mut control = self.node.stream_control();
+        let input = blob::fetch(
+            &mut control,
+            coordinator,
+            a.input,
+            self.config.limits.max_input_bytes,
+        )
+        .await
+        .map_err(|e| match e {
+            blob::BlobError::TooLarge { .. } => TaskFailure::fatal(e.to_string()),
+            _ => TaskFailure::retry(format!("cannot fetch the input: {e}")),
+        })?;
+        let fetch_ms = started.elapsed().as_secs_f64() * 1e3;
+        let pipeline = Pipeline::with_plugins(a.spec.clone(), self.config.limits, set)
+            .map_err(|e| TaskFailure::fatal(e.to_string()))?;
+        let began = Instant::now();
+        let processed = tokio::task::spawn_blocking(move || pipeline.process(&input))
+            .await
+            .map_err(|e| TaskFailure::retry(format!("worker failed: {e}")))?
+            .map_err(|e| TaskFailure::fatal(e.to_string()))?;
+        let process_ms = began.elapsed().as_secs_f64() * 1e3;
+        let output = blob::push(&mut control, coordinator, &processed.bytes)
+            .await
+            .map_err(|e| TaskFailure::retry(format!("cannot upload the output: {e}")))?;
+        Ok((output, fetch_ms, process_ms))
+    }
+
+    /// A plugin by hash: from memory, from the plugin directory, or fetched
+    /// from the coordinator (and kept). Validated and compiled by the host.
+    async fn plugin(&self, coordinator: PeerId, hash: &str) -> Result<Arc<Plugin>, TaskFailure> {
+        if let Some(p) = lock(&self.plugins).get(hash) {
+            return Ok(p.clone());
+        }
+        let id: ContentId = hash
+            .parse()
+            .map_err(|e| TaskFailure::fatal(format!("bad plugin hash {hash}: {e}")))?;
+        let path = self.config.plugin_dir().join(format!("{hash}.wasm"));
+        let wasm = match std::fs::read(&path) {
+            Ok(bytes) if id.matches(&bytes) => bytes,
+            _ => {
+                let mut control = self.node.stream_control();
+                let bytes = blob::fetch(&mut control, coordinator, id, MAX_PLUGIN_BYTES)
+                    .await
+                    .map_err(|e| TaskFailure::retry(format!("cannot fetch plugin {hash}: {e}")))?;
+                tracing::info!(plugin = %hash, bytes = bytes.len(), "plugin fetched from the coordinator");
+                let tmp = path.with_extension("tmp");
+                if let Err(e) =
+                    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
+                {
+                    tracing::warn!(path = %path.display(), cause = %e, "cannot keep the plugin on disk");
+                }
+                bytes
+            }
+        };
+        let host = self.host.clone();
+        let plugin = tokio::task::spawn_blocking(move || host.load(&wasm))
+            .await
+            .map_err(|e| TaskFailure::retry(format!("worker failed: {e}")))?
+            .map_err(|e| TaskFailure::fatal(format!("plugin {hash}: {e}")))?;
+        let plugin = Arc::new(plugin);
+        lock(&self.plugins).insert(hash.to_owned(), plugin.clone());
+        Ok(plugin)
+    }
+
+    async fn finish(
+        &self,
+        coordinator: PeerId,
+        a: &Assignment,
+        outcome: Result<(ContentId, f64, f64), TaskFailure>,
+    ) {
+        let request = match outcome {
+            Ok((output, fetch_ms, process_ms)) => {
+                tracing::info!(task = a.task, attempt = a.attempt, name = %a.name, process_ms, "task done");
+                Request::Completed {
+                    task: a.task,
+                    attempt: a.attempt,
+                    output,
+                    fetch_ms,
+                    process_ms,
+                }
+            }
+            Err(f) => {
+                tracing::warn!(task = a.task, attempt = a.attempt, name = %a.name, reason = %f.reason, "task failed");
+                Request::Failed {
+                    task: a.task,
+                    attempt: a.attempt,
+                    reason: f.reason,
+                    retryable: f.retryable,
+                }
+            }
+        };
+        // Report before forgetting the task, so a shutdown in between still
+        // hands it back; try a few times across short network trouble.
+        for attempt in 0..5u32 {
+            match self.node.request(coordinator, request.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(task = a.task, cause = %e, "cannot report; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        let mut running = lock(&self.running);
+        if running.get(&a.task).is_some_and(|r| r.attempt == a.attempt) {
+            running.remove(&a.task);
+        }
+    }
+
+    /// Stop taking tasks; hand back the ones in flight; say goodbye.
+    async fn shut_down(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
+        let held: Vec<(TaskId, Running)> = lock(&self.running).drain().collect();
+        eprintln!(
+            "pixmesh-agent: shutting down; handing back {} task(s)",
+            held.len()
+        );
+        for (task, r) in held {
+            r.abort.abort();
+            let request = Request::Failed {
+                task,
+                attempt: r.attempt,
+                reason: format!("agent {} shut down", self.node.peer_id()),
+                retryable: true,
+            };
+            if let Err(e) = self.node.request(r.coordinator, request).await {
+                tracing::warn!(task, cause = %e, "cannot hand the task back; its lease will expire");
+            }
+        }
+        for c in &self.config.coordinators {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.node.request(*c, Request::Bye))
+                    .await;
+        }
+    }
+}
+
+fn kind(r: &Request) -> &'static str {
+    match r {
+        Request::Hello { .. } => "hello",
+        Request::Heartbeat(_) => "heartbeat",
+        Request::Assign(_) => "assign",
+        Request::Revoke { .. } => "revoke",
+        Request::Progress { .. } => "progress",
+        Request::Completed { .. } => "completed",
+        Request::Failed { .. } => "failed",
+        Request::Bye => "bye",
+    }
+}

@@ -1,0 +1,733 @@
+//! The CLI's side of the coordinator's HTTP API: `submit`, `status`,
+//! `jobs`, `results`, `cancel`, `nodes`, `token`, `plugin deploy`.
+//!
+//! Where the coordinator is: `--coordinator URL`, else `$PIXMESH_COORDINATOR`,
+//! else `coordinator = "..."` in `<pixmesh home>/config.toml`, else
+//! `http://127.0.0.1:7700`. The API token: `--token`, else `$PIXMESH_TOKEN`,
+//! else `token = "..."` in the config file, else the file a coordinator on
+//! this machine writes (`<pixmesh home>/coordinator/api-token`).
+
+use std::collections::HashSet;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::blocking::{Client as Http, RequestBuilder, multipart};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::cli::{EXIT_OK, EXIT_SOME_FAILED, SpecSource};
+
+/// The default coordinator address.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";
+
+/// How to reach the coordinator; flattened into every remote command.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// Coordinator API address.
+    #[arg(long, value_name = "URL", env = "PIXMESH_COORDINATOR", global = true)]
+    pub coordinator: Option<String>,
+    /// API token (default: from the config file, or the coordinator's data
+    /// directory on this machine).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PIXMESH_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// pixmesh home (config.toml, the local coordinator's data). Default:
+    /// $PIXMESH_HOME, else $XDG_DATA_HOME/pixmesh, else ~/.local/share/pixmesh.
+    #[arg(long = "home", value_name = "DIR", global = true)]
+    pub home: Option<PathBuf>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    coordinator: Option<String>,
+    token: Option<String>,
+}
+
+/// A connection to the coordinator's API.
+#[derive(Debug)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: Http,
+}
+
+impl Remote {
+    /// Resolve address and token and build a client.
+    pub fn connect(&self) -> Result<Client> {
+        let home = crate::registry::home(self.home.as_deref());
+        let config_path = home.join("config.toml");
+        let config: ClientConfig = match std::fs::read_to_string(&config_path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("bad config file {}", config_path.display()))?,
+            Err(_) => ClientConfig::default(),
+        };
+        let base = self
+            .coordinator
+            .clone()
+            .or(config.coordinator)
+            .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        let token = self.token.clone().or(config.token).or_else(|| {
+            std::fs::read_to_string(home.join("coordinator").join("api-token"))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
+        let http = Http::builder()
+            .timeout(None)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client { base, token, http })
+    }
+}
+
+impl Client {
+    fn send(&self, what: &str, req: RequestBuilder) -> Result<reqwest::blocking::Response> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the coordinator at {} ({what}): {e}\n  is `pixmesh coordinator` running? give its address with --coordinator or PIXMESH_COORDINATOR",
+                self.base
+            )
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or(body);
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            "\n  give the API token with --token or PIXMESH_TOKEN (it is in the coordinator's data directory, file api-token)"
+        } else {
+            ""
+        };
+        bail!("{what}: {message} (HTTP {}){hint}", status.as_u16())
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+        let resp = self.send(what, self.http.get(format!("{}{path}", self.base)))?;
+        resp.json().with_context(|| format!("{what}: bad answer"))
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, what: &str, body: Option<Value>) -> Result<T> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(what, req)?
+            .json()
+            .with_context(|| format!("{what}: bad answer"))
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    pub fn job(&self, id: u64) -> Result<Value> {
+        self.get(&format!("/v1/jobs/{id}"), &format!("job {id}"))
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn short(peer: &str) -> String {
+    if peer.len() > 16 {
+        format!("{}…{}", &peer[..8], &peer[peer.len() - 6..])
+    } else {
+        peer.to_owned()
+    }
+}
+
+/// `pixmesh submit` arguments.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub spec: SpecSource,
+    /// Image files or directories (searched recursively for images).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Wait for the job to finish, with a progress bar; exit 1 if any image failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+/// `pixmesh submit`.
+pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let spec = args.spec.load()?;
+    let found = crate::local::discover(&args.inputs)?;
+    if found.is_empty() {
+        bail!("no images found in the inputs");
+    }
+    let client = args.remote.connect()?;
+    let mut form = multipart::Form::new().text("spec", spec.to_json());
+    let mut names = HashSet::new();
+    let mut bytes_total = 0u64;
+    for (path, _) in &found {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("{} has no file name", path.display()))?;
+        if !names.insert(name.clone()) {
+            bail!(
+                "two inputs are named {name:?}; a job's images need distinct file names (submit them as separate jobs)"
+            );
+        }
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        bytes_total += bytes.len() as u64;
+        form = form.part("image", multipart::Part::bytes(bytes).file_name(name));
+    }
+    let started = Instant::now();
+    let resp: Value = client
+        .send(
+            "submit",
+            client
+                .http
+                .post(format!("{}/v1/jobs", client.base))
+                .multipart(form),
+        )?
+        .json()
+        .context("submit: bad answer")?;
+    let job = n(&resp, "job");
+    if !args.wait {
+        if args.remote.json {
+            print_json(&resp)?;
+        } else {
+            println!(
+                "job {job} submitted: {} images, {:.1} MB",
+                n(&resp, "tasks"),
+                bytes_total as f64 / 1e6
+            );
+            println!("  pixmesh status {job}    pixmesh results {job} -o DIR");
+        }
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    if !args.remote.json {
+        eprintln!("job {job} submitted: {} images", n(&resp, "tasks"));
+    }
+    let view = wait(&client, job, args.quiet || args.remote.json)?;
+    let failed = n(&view, "failed") + n(&view, "cancelled");
+    if args.remote.json {
+        print_json(&view)?;
+    } else {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "job {job}: {} done, {} failed, {} cancelled in {secs:.1} s",
+            n(&view, "done"),
+            n(&view, "failed"),
+            n(&view, "cancelled")
+        );
+        print_failures(&view);
+        println!("  pixmesh results {job} -o DIR");
+    }
+    Ok(ExitCode::from(if failed > 0 {
+        EXIT_SOME_FAILED
+    } else {
+        EXIT_OK
+    }))
+}
+
+/// Poll a job until nothing is queued or running, with a progress bar.
+pub fn wait(client: &Client, job: u64, quiet: bool) -> Result<Value> {
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        let view = client.job(job)?;
+        let total = view
+            .get("tasks")
+            .and_then(Value::as_array)
+            .map_or(0, |t| t.len() as u64);
+        let finished = n(&view, "done") + n(&view, "failed") + n(&view, "cancelled");
+        bar.set_length(total);
+        bar.set_position(finished);
+        let msg = match view.get("waiting").and_then(Value::as_str) {
+            Some(w) => format!("waiting: {w}"),
+            None => format!(
+                "{} running, {} failed",
+                n(&view, "running"),
+                n(&view, "failed")
+            ),
+        };
+        bar.set_message(msg);
+        if n(&view, "queued") + n(&view, "running") == 0 {
+            bar.finish_and_clear();
+            return Ok(view);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn print_failures(view: &Value) {
+    for t in view
+        .get("tasks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if s(t, "state") == "failed" {
+            println!("  failed: {}: {}", s(t, "name"), s(t, "error"));
+        }
+    }
+}
+
+/// `pixmesh status JOB`.
+pub fn status(job: u64, remote: &Remote) -> Result<ExitCode> {
+    let view = remote.connect()?.job(job)?;
+    if remote.json {
+        print_json(&view)?;
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    let tasks = view
+        .get("tasks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    println!("job {job}: {}", s(&view, "steps"));
+    println!(
+        "  {} images: {} done, {} running, {} queued, {} failed, {} cancelled",
+        tasks.len(),
+        n(&view, "done"),
+        n(&view, "running"),
+        n(&view, "queued"),
+        n(&view, "failed"),
+        n(&view, "cancelled")
+    );
+    if let Some(w) = view.get("waiting").and_then(Value::as_str) {
+        println!("  waiting: {w}");
+    }
+    println!(
+        "{:<32} {:<10} {:>7} {:<18} RESULT / REASON",
+        "IMAGE", "STATE", "ATTEMPT", "AGENT"
+    );
+    for t in &tasks {
+        let detail = match s(t, "state") {
+            "done" => s(t, "output_name").to_owned(),
+            "failed" => s(t, "error").to_owned(),
+            _ => String::new(),
+        };
+        println!(
+            "{:<32} {:<10} {:>7} {:<18} {detail}",
+            s(t, "name"),
+            s(t, "state"),
+            n(t, "attempt"),
+            t.get("node")
+                .and_then(Value::as_str)
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pixmesh jobs`.
+pub fn jobs(remote: &Remote) -> Result<ExitCode> {
+    let list: Vec<Value> = remote.connect()?.get("/v1/jobs", "jobs")?;
+    if remote.json {
+        print_json(&list)?;
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    if list.is_empty() {
+        println!("no jobs; submit one with `pixmesh submit --steps \"...\" IMAGES`");
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    println!(
+        "{:>5} {:>11} {:>7} {:>10}  STEPS",
+        "JOB", "DONE/TOTAL", "FAILED", "STATE"
+    );
+    for j in &list {
+        let total = j
+            .get("tasks")
+            .and_then(Value::as_array)
+            .map_or(0, |t| t.len());
+        let state = if n(j, "queued") + n(j, "running") > 0 {
+            "running"
+        } else if n(j, "cancelled") > 0 {
+            "cancelled"
+        } else {
+            "finished"
+        };
+        println!(
+            "{:>5} {:>11} {:>7} {:>10}  {}",
+            n(j, "id"),
+            format!("{}/{total}", n(j, "done")),
+            n(j, "failed"),
+            state,
+            s(j, "steps")
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pixmesh results JOB -o DIR`: every finished output, named as `pixmesh
+/// run` names them.
+pub fn results(job: u64, outdir: &Path, remote: &Remote) -> Result<ExitCode> {
+    let client = remote.connect()?;
+    let view = client.job(job)?;
+    let resp = client.send(
+        &format!("results of job {job}"),
+        client
+            .http
+            .get(format!("{}/v1/jobs/{job}/results", client.base)),
+    )?;
+    std::fs::create_dir_all(outdir)
+        .with_context(|| format!("cannot create {}", outdir.display()))?;
+    let mut archive = tar::Archive::new(resp);
+    let mut written = Vec::new();
+    for entry in archive.entries().context("bad results archive")? {
+        let mut entry = entry.context("bad results archive")?;
+        let name = entry.path().context("bad name in archive")?.into_owned();
+        // unpack_in refuses names that would escape the directory.
+        if !entry
+            .unpack_in(outdir)
+            .with_context(|| format!("cannot write {}", outdir.join(&name).display()))?
+        {
+            bail!(
+                "the archive names a path outside {}: {}",
+                outdir.display(),
+                name.display()
+            );
+        }
+        written.push(outdir.join(name));
+    }
+    let pending = n(&view, "queued") + n(&view, "running");
+    if remote.json {
+        print_json(&serde_json::json!({
+            "job": job,
+            "written": written,
+            "failed": n(&view, "failed"),
+            "unfinished": pending,
+        }))?;
+    } else {
+        println!(
+            "{} results of job {job} written to {}",
+            written.len(),
+            outdir.display()
+        );
+        if pending > 0 {
+            println!("  {pending} images are not finished yet");
+        }
+        print_failures(&view);
+    }
+    let failed = n(&view, "failed") > 0;
+    Ok(ExitCode::from(if failed {
+        EXIT_SOME_FAILED
+    } else {
+        EXIT_OK
+    }))
+}
+
+/// `pixmesh cancel JOB`.
+pub fn cancel(job: u64, remote: &Remote) -> Result<ExitCode> {
+    let resp: Value = remote.connect()?.post(
+        &format!("/v1/jobs/{job}/cancel"),
+        &format!("cancel job {job}"),
+        None,
+    )?;
+    if remote.json {
+        print_json(&resp)?;
+    } else {
+        println!(
+            "job {job}: {} unfinished images cancelled",
+            n(&resp, "cancelled")
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pixmesh nodes`.
+pub fn nodes(remote: &Remote) -> Result<ExitCode> {
+    let list: Vec<Value> = remote.connect()?.get("/v1/nodes", "nodes")?;
+    if remote.json {
+        print_json(&list)?;
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    if list.is_empty() {
+        println!(
+            "no agents yet: start one with `pixmesh-agent run --bootstrap <coordinator mesh address> --join-token <token>`"
+        );
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    println!(
+        "{:<18} {:<9} {:<8} {:>8} {:>6} {:>8} {:>8} {:<20} {:>7}  NOTE",
+        "PEER", "STATUS", "HEALTH", "RTT", "LOAD", "SEEN", "RSS", "VERSION", "PLUGINS"
+    );
+    for node in &list {
+        let rtt = node
+            .get("rtt_ms")
+            .and_then(Value::as_f64)
+            .map_or("-".into(), |r| format!("{r:.2}ms"));
+        let load = match (
+            node.get("running").and_then(Value::as_u64),
+            node.get("slots").and_then(Value::as_u64),
+        ) {
+            (Some(r), Some(sl)) => format!("{r}/{sl}"),
+            _ => "-".into(),
+        };
+        let seen = node
+            .get("last_seen_ms_ago")
+            .and_then(Value::as_u64)
+            .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1e3));
+        let rss = node
+            .get("rss_bytes")
+            .and_then(Value::as_u64)
+            .map_or("-".into(), |b| format!("{:.0}MB", b as f64 / 1e6));
+        let plugins = node
+            .get("plugins")
+            .and_then(Value::as_array)
+            .map_or(0, |p| p.len());
+        let note = match node.get("reason").and_then(Value::as_str) {
+            Some(r) => r.to_owned(),
+            None if !node
+                .get("connected")
+                .and_then(Value::as_bool)
+                .unwrap_or(false) =>
+            {
+                "disconnected".into()
+            }
+            None => String::new(),
+        };
+        println!(
+            "{:<18} {:<9} {:<8} {rtt:>8} {load:>6} {seen:>8} {rss:>8} {:<20} {plugins:>7}  {note}",
+            short(s(node, "peer")),
+            s(node, "status"),
+            s(node, "health"),
+            s(node, "version"),
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// Parse a duration like `90s`, `15m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: expected e.g. 90s, 15m, 24h, 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad duration unit in {text:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("bad duration {text:?}: must be positive and not absurd"))
+}
+
+/// `pixmesh token ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token for agents (`pixmesh-agent run --join-token ...`).
+    Create {
+        /// How long it can be used to enrol, e.g. 1h, 7d. Default 24h.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// Never expire (until revoked).
+        #[arg(long, conflicts_with = "ttl")]
+        no_expiry: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List join tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a join token by id; agents already enrolled stay enrolled.
+    Revoke {
+        /// The token's id, as `pixmesh token list` shows it.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `pixmesh token ...`.
+pub fn token(cmd: TokenCommand) -> Result<ExitCode> {
+    match cmd {
+        TokenCommand::Create {
+            ttl,
+            no_expiry,
+            remote,
+        } => {
+            let body = if no_expiry {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({ "ttl_secs": ttl })
+            };
+            let t: Value =
+                remote
+                    .connect()?
+                    .post("/v1/tokens", "create a join token", Some(body))?;
+            if remote.json {
+                print_json(&t)?;
+            } else {
+                println!("{}", s(&t, "token"));
+                eprintln!(
+                    "join token {} created{}; give it to agents with --join-token or PIXMESH_JOIN_TOKEN",
+                    s(&t, "id"),
+                    if no_expiry {
+                        ", no expiry".to_owned()
+                    } else {
+                        format!(", valid for {ttl} s")
+                    }
+                );
+            }
+        }
+        TokenCommand::List { remote } => {
+            let list: Vec<Value> = remote.connect()?.get("/v1/tokens", "join tokens")?;
+            if remote.json {
+                print_json(&list)?;
+            } else {
+                println!("{:<14} {:>6} {:<8} EXPIRES", "ID", "USED", "STATE");
+                let now = crate::store::unix_ms() as i64;
+                for t in &list {
+                    let expires = t.get("expires_ms").and_then(Value::as_i64);
+                    let state = if t.get("revoked").and_then(Value::as_bool).unwrap_or(false) {
+                        "revoked"
+                    } else if expires.is_some_and(|e| e < now) {
+                        "expired"
+                    } else {
+                        "valid"
+                    };
+                    let when = expires.map_or("never".into(), |e| {
+                        let secs = (e - now) / 1000;
+                        if secs >= 0 {
+                            format!("in {secs} s")
+                        } else {
+                            format!("{} s ago", -secs)
+                        }
+                    });
+                    println!("{:<14} {:>6} {:<8} {when}", s(t, "id"), n(t, "used"), state);
+                }
+            }
+        }
+        TokenCommand::Revoke { id, remote } => {
+            let _: Value = remote.connect()?.post(
+                &format!("/v1/tokens/{id}/revoke"),
+                &format!("revoke join token {id}"),
+                None,
+            )?;
+            println!("join token {id} revoked");
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pixmesh plugin deploy FILE [--name NAME]`.
+pub fn deploy(file: &Path, name: Option<String>, remote: &Remote) -> Result<ExitCode> {
+    let wasm =
+        std::fs::read(file).with_context(|| format!("cannot read plugin {}", file.display()))?;
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .context("give --name")?,
+    };
+    let client = remote.connect()?;
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/v1/plugins", client.base), &[("name", &name)])
+            .context("bad coordinator address")?;
+    let resp: Value = client
+        .send(
+            &format!("deploy {}", file.display()),
+            client.http.post(url).body(wasm.clone()),
+        )?
+        .json()
+        .context("deploy: bad answer")?;
+    if remote.json {
+        print_json(&resp)?;
+    } else {
+        println!(
+            "deployed {name} ({}, {} bytes); agents fetch it when a job needs it",
+            s(&resp, "hash"),
+            wasm.len()
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pixmesh plugin deployed`.
+pub fn deployed(remote: &Remote) -> Result<ExitCode> {
+    let list: Vec<Value> = remote.connect()?.get("/v1/plugins", "plugins")?;
+    if remote.json {
+        print_json(&list)?;
+    } else if list.is_empty() {
+        println!("no plugins deployed; deploy one with `pixmesh plugin deploy FILE --name NAME`");
+    } else {
+        println!("{:<20} {:<64} {:>9}", "NAME", "HASH (BLAKE3)", "BYTES");
+        for p in &list {
+            println!(
+                "{:<20} {:<64} {:>9}",
+                s(p, "name"),
+                s(p, "hash"),
+                n(p, "bytes")
+            );
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_ttl("90"), Ok(90));
+        assert_eq!(parse_ttl("15m"), Ok(900));
+        assert_eq!(parse_ttl("24h"), Ok(86_400));
+        assert_eq!(parse_ttl("7d"), Ok(604_800));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("5w").is_err_and(|e| e.contains("unit")));
+        assert!(parse_ttl("h").is_err());
+    }
+}
