@@ -95,10 +95,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         PluginHost::new(config.sandbox.clone()).context("cannot start the plugin sandbox")?,
     );
     let addrs = node.listen_addrs().await?;
-    println!("pixmesh-agent {} ready", node.peer_id());
     for a in &addrs {
-        println!("  listening on {a}");
+        println!("listening on {a}");
     }
+    println!("pixmesh-agent {} ready", node.peer_id());
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     let agent = Arc::new(Agent {

@@ -101,15 +101,26 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "wrong API token".into()).into_response(),
-        None => ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing API token: send `Authorization: Bearer <token>` (the token is in the coordinator's data directory, file api-token)".into(),
-        )
-        .into_response(),
+    let message = match given {
+        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => {
+            return next.run(req).await;
+        }
+        Some(_) => "wrong API token",
+        None => {
+            "missing API token: send `Authorization: Bearer <token>` (the token is in the coordinator's data directory, file api-token)"
+        }
+    };
+    // Read and discard the upload (up to the submit limit) before answering,
+    // so the client sees the 401 rather than a connection reset mid-upload.
+    let mut body = req.into_body().into_data_stream();
+    let mut drained = 0usize;
+    while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+        drained += chunk.len();
+        if drained > MAX_SUBMIT_BYTES {
+            break;
+        }
     }
+    ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response()
 }
 
 async fn blocking<T: Send + 'static>(

@@ -19,7 +19,15 @@ struct Daemon {
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
         let mut child = pixmesh()
-            .args(["coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--p2p-listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--no-mdns",
+                "--data-dir",
+            ])
             .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

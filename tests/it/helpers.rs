@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use image::{DynamicImage, GenericImageView};
 
@@ -164,4 +165,31 @@ pub fn exif_with_orientation(orientation: u16) -> Vec<u8> {
     v.extend_from_slice(&[0, 0]);
     v.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
     v
+}
+
+/// Build the example plugins once per test run; returns plugins/dist.
+pub fn dist() -> std::path::PathBuf {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = root().join("plugins/build.sh");
+            let o = std::process::Command::new("bash")
+                .arg(&script)
+                .output()
+                .expect("run build.sh");
+            assert!(
+                o.status.success(),
+                "plugins/build.sh failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            root().join("plugins/dist")
+        })
+        .clone()
+}
+
+/// A `pixmesh-agent` command.
+pub fn pixmesh_agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pixmesh-agent"));
+    c.env_remove("RUST_LOG");
+    c
 }

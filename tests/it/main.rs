@@ -10,5 +10,6 @@ mod api;
 mod bad_inputs;
 mod corpus;
 mod engine;
+mod mesh;
 mod plugins;
 mod spec_errors;

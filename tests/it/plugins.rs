@@ -3,32 +3,11 @@
 //! from `plugins/` by `plugins/build.sh`, do what they say, pixel by pixel.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pixmesh_agent::sandbox::{PluginError, PluginHost, RgbaFrame, SandboxConfig};
 
 use crate::helpers::*;
-
-/// Build the example plugins once per test run; returns plugins/dist.
-fn dist() -> std::path::PathBuf {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let script = root().join("plugins/build.sh");
-            let o = std::process::Command::new("bash")
-                .arg(&script)
-                .output()
-                .expect("run build.sh");
-            assert!(
-                o.status.success(),
-                "plugins/build.sh failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            root().join("plugins/dist")
-        })
-        .clone()
-}
 
 fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(dist().join(format!("{name}.wasm"))).expect("built plugin")

@@ -1,0 +1,464 @@
+//! The mesh with real processes on loopback: a coordinator, agents that
+//! enrol with a join token, jobs submitted and fetched with the CLI.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// A coordinator and its agents, all killed on drop.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    coordinator: Child,
+    pub base: String,
+    pub api_token: String,
+    pub mesh_addr: String,
+    pub join_token: String,
+    pub agents: Vec<(String, Child)>,
+    /// Each agent's listen addresses, by peer id.
+    pub agent_addrs: Vec<(String, Vec<String>)>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for (_, a) in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+    }
+}
+
+/// Read a child's stdout lines until `want` matches one; keep draining the
+/// rest on a thread so the child never blocks on a full pipe.
+fn read_until(child: &mut Child, want: impl Fn(&str) -> bool) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("read stdout");
+        assert!(
+            n > 0,
+            "process exited before printing what was expected: {lines:?}"
+        );
+        let done = want(&line);
+        lines.push(line.trim_end().to_owned());
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    lines
+}
+
+impl Mesh {
+    /// A coordinator with `agents` agents of `concurrency` slots each,
+    /// waiting until all of them are alive in the node table.
+    pub fn start(agents: usize, concurrency: usize) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("coordinator");
+        let mut coordinator = pixmesh()
+            .args([
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--p2p-listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--no-mdns",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start coordinator");
+        let lines = read_until(&mut coordinator, |l| l.starts_with("mesh address"));
+        let base = lines
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .find(|w| w.starts_with("http://"))
+            .expect("API address")
+            .to_owned();
+        let mesh_addr = lines
+            .last()
+            .and_then(|l| l.split_whitespace().last())
+            .expect("mesh address")
+            .to_owned();
+        let api_token = std::fs::read_to_string(data.join("api-token"))
+            .expect("api token")
+            .trim()
+            .to_owned();
+        let mut mesh = Mesh {
+            dir,
+            coordinator,
+            base,
+            api_token,
+            mesh_addr,
+            join_token: String::new(),
+            agents: Vec::new(),
+            agent_addrs: Vec::new(),
+        };
+        let out = run(mesh.cli().args(["token", "create", "--ttl", "1h"]));
+        assert!(out.status.success(), "token create: {}", stderr(&out));
+        mesh.join_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(mesh.join_token.starts_with("pmj_"), "{}", mesh.join_token);
+        for i in 0..agents {
+            let token = mesh.join_token.clone();
+            mesh.add_agent(&format!("agent{i}"), Some(&token), concurrency);
+        }
+        mesh.wait_alive(agents);
+        mesh
+    }
+
+    /// Start an agent; returns its peer id.
+    pub fn add_agent(&mut self, name: &str, token: Option<&str>, concurrency: usize) -> String {
+        let data = self.dir.path().join(name);
+        let mut cmd = pixmesh_agent();
+        cmd.args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .args(["--bootstrap", &self.mesh_addr])
+        .args(["--concurrency", &concurrency.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if let Some(t) = token {
+            cmd.args(["--join-token", t]);
+        }
+        let mut child = cmd.spawn().expect("start agent");
+        let lines = read_until(&mut child, |l| l.contains(" ready"));
+        let peer = lines
+            .last()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .expect("peer id")
+            .to_owned();
+        let addrs = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("listening on "))
+            .map(str::to_owned)
+            .collect();
+        self.agent_addrs.push((peer.clone(), addrs));
+        self.agents.push((peer.clone(), child));
+        peer
+    }
+
+    /// The data directory of agent `i`.
+    pub fn agent_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent{i}"))
+    }
+
+    /// A `pixmesh` CLI command pointed at this coordinator.
+    pub fn cli(&self) -> Command {
+        let mut c = pixmesh();
+        c.env("PIXMESH_COORDINATOR", &self.base)
+            .env("PIXMESH_TOKEN", &self.api_token)
+            .env("PIXMESH_HOME", self.dir.path().join("cli-home"));
+        c
+    }
+
+    /// `pixmesh nodes --json`.
+    pub fn nodes(&self) -> Vec<Value> {
+        let out = run(self.cli().args(["nodes", "--json"]));
+        assert!(out.status.success(), "nodes: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("nodes JSON")
+    }
+
+    /// Wait until `n` enrolled agents are alive.
+    pub fn wait_alive(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.nodes();
+            let alive = nodes
+                .iter()
+                .filter(|x| x["status"] == "enrolled" && x["health"] == "alive")
+                .count();
+            if alive >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {alive} of {n} agents alive: {nodes:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `pixmesh status JOB --json`.
+    pub fn job(&self, job: u64) -> Value {
+        let out = run(self.cli().args(["status", &job.to_string(), "--json"]));
+        assert!(out.status.success(), "status: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+}
+
+fn submit(mesh: &Mesh, steps: &str, inputs: &[PathBuf], wait: bool) -> (u64, std::process::Output) {
+    let mut cmd = mesh.cli();
+    cmd.args(["submit", "--json", "--steps", steps])
+        .args(inputs);
+    if wait {
+        cmd.arg("--wait");
+    }
+    let out = run(&mut cmd);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("submit JSON ({e}): {}", stderr(&out)));
+    let job = v["job"]
+        .as_u64()
+        .or_else(|| v["id"].as_u64())
+        .expect("job id");
+    (job, out)
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_job_with_a_plugin_runs_across_agents_byte_identical_to_pixmesh_run() {
+    let mut mesh = Mesh::start(3, 1);
+    // A peer with a wrong join token, and one with none: neither gets work.
+    let refused = mesh.add_agent("stranger", Some("pmj_not-a-token"), 2);
+    let pending = mesh.add_agent("newcomer", None, 2);
+
+    let sepia = dist().join("sepia.wasm");
+    let out = run(mesh
+        .cli()
+        .args(["plugin", "deploy"])
+        .arg(&sepia)
+        .args(["--name", "sepia"]));
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    // A broken plugin is refused at deploy with the reason.
+    let junk = mesh.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").expect("write");
+    let out = run(mesh.cli().args(["plugin", "deploy"]).arg(&junk));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("plugin junk"), "{}", stderr(&out));
+
+    let inputs = mesh.dir.path().join("inputs");
+    std::fs::create_dir_all(&inputs).expect("mkdir");
+    let mut photos = photos();
+    photos.truncate(8);
+    for p in &photos {
+        std::fs::copy(p, inputs.join(p.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(inputs.join("broken.jpg"), noise(5000, 7)).expect("write");
+    let steps = "orient | resize 320x240 fit=cover | plugin sepia strength=0.7 | jpeg q=80";
+
+    let (job, out) = submit(&mesh, steps, std::slice::from_ref(&inputs), true);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one image is bad: {}",
+        stderr(&out)
+    );
+    let view = mesh.job(job);
+    assert_eq!(view["done"], photos.len() as u64, "{view:#}");
+    assert_eq!(view["failed"], 1, "{view:#}");
+
+    // The bad image fails alone, with its reason in `pixmesh status`.
+    let text = run(mesh.cli().args(["status", &job.to_string()]));
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("broken.jpg"))
+        .unwrap_or_else(|| panic!("no broken.jpg line in:\n{text}"));
+    assert!(
+        line.contains("failed") && line.contains("not a recognised image"),
+        "{line}"
+    );
+
+    // Work was spread, and only over enrolled agents.
+    let tasks = view["tasks"].as_array().expect("tasks");
+    let mut used: Vec<&str> = tasks.iter().filter_map(|t| t["node"].as_str()).collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 2, "tasks ran on {used:?}");
+    assert!(!used.contains(&refused.as_str()) && !used.contains(&pending.as_str()));
+    let nodes = mesh.nodes();
+    let status_of = |peer: &str| {
+        nodes
+            .iter()
+            .find(|n| n["peer"] == peer)
+            .map(|n| n["status"].as_str().unwrap_or("").to_owned())
+    };
+    assert_eq!(
+        status_of(&refused).as_deref(),
+        Some("refused"),
+        "{nodes:#?}"
+    );
+    assert_eq!(
+        status_of(&pending).as_deref(),
+        Some("pending"),
+        "{nodes:#?}"
+    );
+
+    // Agents that ran the job fetched the plugin they did not have.
+    let hash = blake3::hash(&std::fs::read(&sepia).expect("wasm"))
+        .to_hex()
+        .to_string();
+    let fetched = (0..3)
+        .filter(|i| {
+            mesh.agent_dir(*i)
+                .join("plugins")
+                .join(format!("{hash}.wasm"))
+                .exists()
+        })
+        .count();
+    assert!(fetched >= 2, "only {fetched} agents hold the plugin");
+
+    // Results download, and match `pixmesh run` on the same inputs byte for byte.
+    let results = mesh.dir.path().join("results");
+    let out = run(mesh
+        .cli()
+        .args(["results", &job.to_string(), "-o"])
+        .arg(&results));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one image failed: {}",
+        stderr(&out)
+    );
+    let home = mesh.dir.path().join("local-home");
+    let out = run(pixmesh()
+        .args(["plugin", "add"])
+        .arg(&sepia)
+        .args(["--name", "sepia", "--home"])
+        .arg(&home));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let local = mesh.dir.path().join("local");
+    let out = run(pixmesh()
+        .args(["run", "-q", "--steps", steps, "--home"])
+        .arg(&home)
+        .arg(&inputs)
+        .arg("-o")
+        .arg(&local));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mesh_files = files(&results);
+    let local_files = files(&local);
+    assert_eq!(mesh_files.len(), photos.len(), "{mesh_files:?}");
+    assert_eq!(
+        mesh_files.iter().map(|p| p.file_name()).collect::<Vec<_>>(),
+        local_files
+            .iter()
+            .map(|p| p.file_name())
+            .collect::<Vec<_>>()
+    );
+    for (m, l) in mesh_files.iter().zip(&local_files) {
+        let (a, b) = (
+            std::fs::read(m).expect("read"),
+            std::fs::read(l).expect("read"),
+        );
+        assert!(
+            a == b,
+            "{} differs from pixmesh run's {}",
+            m.display(),
+            l.display()
+        );
+    }
+}
+
+#[test]
+fn cancel_stops_the_remaining_tasks_and_a_wrong_token_gets_401() {
+    let mesh = Mesh::start(2, 1);
+    let out = run(mesh
+        .cli()
+        .env("PIXMESH_TOKEN", "wrong")
+        .args(["submit", "--steps", "resize 100 | png"])
+        .arg(&photos()[0]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+
+    // Twenty slow tasks (full-size blur) on two one-slot agents: cancel
+    // right after the submit is acknowledged.
+    let inputs: Vec<PathBuf> = {
+        let dir = mesh.dir.path().join("many");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let src = largest_photo();
+        (0..20)
+            .map(|i| {
+                let p = dir.join(format!("p{i:02}.jpg"));
+                std::fs::copy(&src, &p).expect("copy");
+                p
+            })
+            .collect()
+    };
+    let (job, out) = submit(&mesh, "blur 8 | png", &inputs, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(mesh.cli().args(["cancel", &job.to_string()]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after_cancel = mesh.job(job);
+    let cancelled = after_cancel["cancelled"].as_u64().expect("count");
+    assert!(
+        cancelled >= 15,
+        "most tasks were still to do: {after_cancel:#}"
+    );
+    assert_eq!(after_cancel["queued"], 0);
+    assert_eq!(after_cancel["running"], 0);
+    // Nothing cancelled comes back to life: late results are refused.
+    std::thread::sleep(Duration::from_secs(3));
+    let later = mesh.job(job);
+    assert_eq!(later["done"], after_cancel["done"], "{later:#}");
+    assert_eq!(later["cancelled"], after_cancel["cancelled"]);
+    // The agents are free again: a new job runs to the end.
+    let (job2, out) = submit(&mesh, "resize 64 | png", &inputs[..2], true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mesh.job(job2)["done"], 2);
+}
+
+#[test]
+fn agents_refuse_tasks_from_peers_that_are_not_their_coordinator() {
+    use pixmesh_mesh::{Node, NodeConfig};
+    use pixmesh_protocol::wire::{Assignment, Request, Response};
+    let mesh = Mesh::start(1, 1);
+    let (peer, addrs) = mesh.agent_addrs[0].clone();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let answer = runtime.block_on(async {
+        let mut config = NodeConfig::new(
+            pixmesh_mesh::identity::Keypair::generate_ed25519(),
+            "stranger/0",
+        );
+        config.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")];
+        config.bootstrap = addrs
+            .iter()
+            .map(|a| a.parse().expect("agent addr"))
+            .collect();
+        config.mdns = false;
+        let (node, _events) = Node::start(config).expect("stranger node");
+        let assignment = Assignment {
+            task: 1,
+            attempt: 1,
+            job: 1,
+            name: "x.jpg".into(),
+            spec: pixmesh_protocol::JobSpec::from_compact("resize 8 | png").expect("spec"),
+            input: pixmesh_protocol::ContentId::of(b"x"),
+            lease_ms: 1000,
+        };
+        node.request(peer.parse().expect("peer id"), Request::Assign(assignment))
+            .await
+            .expect("the agent answers")
+    });
+    match answer {
+        Response::Refused { reason } => {
+            assert!(reason.contains("configured coordinators"), "{reason}")
+        }
+        other => panic!("a stranger's task was not refused: {other:?}"),
+    }
+}
