@@ -34,7 +34,6 @@ pub const VERSION: &str = concat!("pixmesh-agent/", env!("CARGO_PKG_VERSION"));
 
 struct Running {
     attempt: u32,
-    coordinator: PeerId,
     abort: AbortHandle,
 }
 
@@ -275,7 +274,6 @@ impl Agent {
             task,
             Running {
                 attempt,
-                coordinator,
                 abort: handle.abort_handle(),
             },
         );
@@ -354,9 +352,15 @@ impl Agent {
             .map_err(|e| TaskFailure::retry(format!("worker failed: {e}")))?
             .map_err(|e| TaskFailure::fatal(e.to_string()))?;
         let process_ms = began.elapsed().as_secs_f64() * 1e3;
+        let pushed = Instant::now();
         let output = blob::push(&mut control, coordinator, &processed.bytes)
             .await
             .map_err(|e| TaskFailure::retry(format!("cannot upload the output: {e}")))?;
+        tracing::debug!(
+            task = a.task,
+            upload_ms = pushed.elapsed().as_secs_f64() * 1e3,
+            "output uploaded"
+        );
         Ok((output, fetch_ms, process_ms))
     }
 
@@ -405,7 +409,7 @@ impl Agent {
     ) {
         let request = match outcome {
             Ok((output, fetch_ms, process_ms)) => {
-                tracing::info!(task = a.task, attempt = a.attempt, name = %a.name, process_ms, "task done");
+                tracing::info!(task = a.task, attempt = a.attempt, name = %a.name, fetch_ms, process_ms, "task done");
                 Request::Completed {
                     task: a.task,
                     attempt: a.attempt,
@@ -441,7 +445,10 @@ impl Agent {
         }
     }
 
-    /// Stop taking tasks; hand back the ones in flight; say goodbye.
+    /// Stop taking tasks, abandon the ones in flight and say goodbye: the
+    /// coordinator requeues every task this agent held as soon as it reads
+    /// the `Bye`, instead of waiting for leases to expire. Done in this order
+    /// so no new task arrives between a hand-back and the goodbye.
     async fn shut_down(&self) {
         self.accepting.store(false, Ordering::Relaxed);
         let held: Vec<(TaskId, Running)> = lock(&self.running).drain().collect();
@@ -449,22 +456,21 @@ impl Agent {
             "pixmesh-agent: shutting down; handing back {} task(s)",
             held.len()
         );
-        for (task, r) in held {
+        for (_, r) in &held {
             r.abort.abort();
-            let request = Request::Failed {
-                task,
-                attempt: r.attempt,
-                reason: format!("agent {} shut down", self.node.peer_id()),
-                retryable: true,
-            };
-            if let Err(e) = self.node.request(r.coordinator, request).await {
-                tracing::warn!(task, cause = %e, "cannot hand the task back; its lease will expire");
-            }
         }
         for c in &self.config.coordinators {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), self.node.request(*c, Request::Bye))
-                    .await;
+            match tokio::time::timeout(Duration::from_secs(3), self.node.request(*c, Request::Bye))
+                .await
+            {
+                Ok(Ok(_)) => tracing::info!(coordinator = %c, "said goodbye; tasks handed back"),
+                Ok(Err(e)) => {
+                    tracing::warn!(coordinator = %c, cause = %e, "cannot say goodbye; its leases will expire")
+                }
+                Err(_) => {
+                    tracing::warn!(coordinator = %c, "goodbye timed out; its leases will expire")
+                }
+            }
         }
     }
 }

@@ -191,6 +191,16 @@ pub enum Action {
         /// Agent that sent it.
         node: NodeId,
     },
+    /// The task went back to the queue for another attempt (retryable
+    /// failure, lease expiry, or its agent died or left).
+    Requeued {
+        /// Task.
+        task: TaskId,
+        /// The attempt that did not finish.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
     /// The task failed for good.
     GiveUp {
         /// Task.
@@ -505,6 +515,11 @@ impl Scheduler {
         tracing::debug!(task, attempt = t.attempt, cause = %reason, "task requeued");
         self.counters.reassigned += 1;
         self.queue.push_back(task);
+        actions.push(Action::Requeued {
+            task,
+            attempt: t.attempt,
+            reason,
+        });
     }
 
     fn node_gone(&mut self, now: Millis, node: &str, why: &str, actions: &mut Vec<Action>) {

@@ -297,7 +297,12 @@ impl Coordinator {
         let mut state = self.lock();
         let plugins = plugin_ids(spec);
         let mut actions = Vec::new();
-        for (task, (_, input)) in tasks.iter().zip(&inputs) {
+        // Largest first (LPT), as `pixmesh run` orders its work: the big
+        // images start early instead of finishing last on one agent.
+        let mut order: Vec<usize> = (0..tasks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(images[i].1.len()));
+        for i in order {
+            let (task, input) = (&tasks[i], &inputs[i].1);
             let spec = TaskSpec {
                 id: *task,
                 job,
@@ -452,17 +457,19 @@ impl Coordinator {
                     state.store.record_done(task, attempt, &id)?;
                 }
                 Action::GiveUp { task, reason } => state.store.record_failed(task, &reason)?,
+                Action::Requeued {
+                    task,
+                    attempt,
+                    reason,
+                } => {
+                    state.store.record_requeued(task)?;
+                    tracing::info!(task, attempt, %reason, "task requeued");
+                }
                 Action::Revoke {
                     task,
                     attempt,
                     node,
                 } => {
-                    if matches!(
-                        state.scheduler.task(task),
-                        Some((crate::scheduler::TaskState::Queued { .. }, _))
-                    ) {
-                        state.store.record_requeued(task)?;
-                    }
                     self.send(Outbound::Revoke {
                         peer: node,
                         task,

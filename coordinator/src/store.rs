@@ -709,4 +709,58 @@ mod tests {
         );
         assert_eq!(store.job_spec(1).expect("query"), None);
     }
+
+    #[test]
+    fn join_tokens_expire_are_revoked_and_are_stored_only_as_hashes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("db")).expect("open");
+        let good = store
+            .create_token("aaaaaaaaaaaaaaaa", None)
+            .expect("create");
+        let old = store
+            .create_token("bbbbbbbbbbbbbbbb", Some(unix_ms() as i64 - 1000))
+            .expect("create");
+        assert_eq!(store.use_token("aaaaaaaaaaaaaaaa").expect("use"), Ok(()));
+        assert_eq!(store.use_token("aaaaaaaaaaaaaaaa").expect("use"), Ok(()));
+        let expired = store.use_token("bbbbbbbbbbbbbbbb").expect("use");
+        assert!(expired.is_err_and(|e| e.contains("expired") && e.contains(&old)));
+        assert!(
+            store
+                .use_token("cccc")
+                .expect("use")
+                .is_err_and(|e| e.contains("unknown"))
+        );
+        assert!(store.revoke_token(&good).expect("revoke"));
+        assert!(!store.revoke_token("nope").expect("revoke"));
+        let revoked = store.use_token("aaaaaaaaaaaaaaaa").expect("use");
+        assert!(revoked.is_err_and(|e| e.contains("revoked")));
+        let listed = store.tokens().expect("list");
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].used, 2);
+        assert!(listed[0].revoked);
+    }
+
+    #[test]
+    fn nodes_keep_their_first_sighting_and_latest_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("db")).expect("open");
+        store.set_node("p1", "pending", None, None).expect("set");
+        let first = store.nodes().expect("nodes")[0].first_seen_ms;
+        store
+            .set_node(
+                "p1",
+                "refused",
+                Some("pixmesh-agent/9"),
+                Some("unknown join token"),
+            )
+            .expect("set");
+        let n = &store.nodes().expect("nodes")[0];
+        assert_eq!((n.status.as_str(), n.first_seen_ms), ("refused", first));
+        assert_eq!(n.reason.as_deref(), Some("unknown join token"));
+        store.set_node("p1", "enrolled", None, None).expect("set");
+        let n = &store.nodes().expect("nodes")[0];
+        assert_eq!(n.status, "enrolled");
+        assert_eq!(n.version.as_deref(), Some("pixmesh-agent/9"), "kept");
+        assert_eq!(n.reason, None, "cleared");
+    }
 }

@@ -15,6 +15,9 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, pi
 use pixmesh_protocol::wire::{self, Request, Response};
 use tokio::sync::{mpsc, oneshot};
 
+/// Largest QUIC datagram path MTU discovery may try.
+const MTU_UPPER_BOUND: u16 = 16_384;
+
 /// What can go wrong talking to a peer.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -291,7 +294,11 @@ fn build_swarm(config: &NodeConfig) -> Result<Swarm<Behaviour>, MeshError> {
             yamux::Config::default,
         )
         .map_err(|e| transport_err(&e))?
-        .with_quic()
+        // Path MTU discovery may grow datagrams past Ethernet's 1500 bytes
+        // where the path allows (loopback, jumbo-frame LANs): image bytes
+        // then cost far fewer packets. Probes carry DF, so on a normal link
+        // they fail harmlessly and the MTU stays where it was.
+        .with_quic_config(|c| c.mtu_upper_bound(MTU_UPPER_BOUND))
         .with_dns()
         .map_err(|e| transport_err(&e))?
         .with_behaviour(move |key| {

@@ -119,8 +119,8 @@ pub enum Request {
         /// True when another agent (or a later attempt) may succeed.
         retryable: bool,
     },
-    /// Agent → coordinator: shutting down; every task it held has been
-    /// handed back with a retryable `Failed`.
+    /// Agent → coordinator: shutting down. The coordinator requeues every
+    /// task the agent holds at once and gives it no more.
     Bye,
 }
 

@@ -462,3 +462,63 @@ fn agents_refuse_tasks_from_peers_that_are_not_their_coordinator() {
         other => panic!("a stranger's task was not refused: {other:?}"),
     }
 }
+
+#[test]
+fn a_sigterm_agent_hands_its_tasks_back_at_once() {
+    let mut mesh = Mesh::start(1, 1);
+    let photo = largest_photo();
+    let dir = mesh.dir.path().join("slow");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let inputs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("s{i}.jpg"));
+            std::fs::copy(&photo, &p).expect("copy");
+            p
+        })
+        .collect();
+    let (job, out) = submit(&mesh, "blur 8 | png", &inputs, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mesh.job(job)["running"] == 0 {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, mut agent) = mesh.agents.remove(0);
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = agent.wait().expect("agent exits");
+    assert!(status.success(), "the agent exited with {status}");
+    // Handed back: queued again well before the 5 s dead-agent timeout
+    // or the 10 s lease could have done it.
+    let view = mesh.job(job);
+    assert_eq!(view["running"], 0, "{view:#}");
+    assert_eq!(view["queued"], 2, "{view:#}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        signalled.elapsed()
+    );
+    // A new agent finishes the job; the handed-back task ran a second attempt.
+    let token = mesh.join_token.clone();
+    mesh.add_agent("agent-late", Some(&token), 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = mesh.job(job);
+        if view["done"] == 2 {
+            let attempts: Vec<u64> = view["tasks"]
+                .as_array()
+                .expect("tasks")
+                .iter()
+                .map(|t| t["attempt"].as_u64().unwrap_or(0))
+                .collect();
+            assert!(attempts.contains(&2), "{attempts:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{view:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -5,7 +5,10 @@
 //!   ImageMagick making JPEG thumbnails of the same photos.
 //! - [`plugins`]: the WebAssembly sandbox's per-call overhead, and a plugin
 //!   against the same transform compiled natively.
+//! - [`mesh`]: a 3-agent loopback mesh against `pixmesh run`, dispatch
+//!   latency, agent memory.
 
+pub mod mesh;
 pub mod plugins;
 pub mod thumbnails;
 
@@ -22,6 +25,8 @@ pub enum Suite {
     Thumbnails,
     /// Plugin call overhead and wasm sepia vs native sepia.
     Plugins,
+    /// A 3-agent loopback mesh vs pixmesh run; dispatch latency; agent memory.
+    Mesh,
 }
 
 /// `pixmesh bench` arguments.
@@ -67,6 +72,7 @@ pub fn run_command(args: BenchArgs) -> Result<ExitCode> {
     match args.suite {
         Suite::Thumbnails => thumbnails::run(args),
         Suite::Plugins => plugins::run(args),
+        Suite::Mesh => mesh::run(args),
     }
 }
 
