@@ -168,6 +168,39 @@ fn short(peer: &str) -> String {
     }
 }
 
+/// A `multipart/form-data` submit body in one buffer: a `steps` field and
+/// one `image` file field per image. Returns the content type and the body.
+///
+/// One contiguous body goes out in large writes; reqwest's streamed
+/// multipart form measured at about twice the time for 32 MB of photos.
+pub fn multipart_body(steps: &str, images: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
+    let mut raw = [0u8; 16];
+    // A fresh random boundary per body (RFC 2046); should an image contain
+    // it by chance, the server rejects the upload rather than mixing fields.
+    let _ = getrandom::fill(&mut raw);
+    let boundary: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let boundary = format!("pixmesh-{boundary}");
+    let size: usize = images.iter().map(|(n, b)| n.len() + b.len() + 200).sum();
+    let mut body = Vec::with_capacity(size + steps.len() + 200);
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"steps\"\r\n\r\n{steps}\r\n")
+            .as_bytes(),
+    );
+    for (name, bytes) in images {
+        let name = name.replace(['"', '\r', '\n'], "_");
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
 /// `pixmesh submit` arguments.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {

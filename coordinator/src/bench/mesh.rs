@@ -22,7 +22,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use reqwest::blocking::{Client, multipart};
+use reqwest::blocking::Client;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -139,18 +139,13 @@ impl Api {
     }
 
     fn submit(&self, steps: &str, images: &[(String, Vec<u8>)]) -> Result<u64> {
-        let mut form = multipart::Form::new().text("steps", steps.to_owned());
-        for (name, bytes) in images {
-            form = form.part(
-                "image",
-                multipart::Part::bytes(bytes.clone()).file_name(name.clone()),
-            );
-        }
+        let (content_type, body) = crate::client::multipart_body(steps, images);
         let r = self
             .http
             .post(format!("{}/v1/jobs", self.base))
             .bearer_auth(&self.token)
-            .multipart(form)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
             .send()?;
         if !r.status().is_success() {
             bail!(
