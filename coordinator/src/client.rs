@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::blocking::{Client as Http, RequestBuilder, multipart};
+use reqwest::blocking::{Client as Http, RequestBuilder};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -168,12 +168,13 @@ fn short(peer: &str) -> String {
     }
 }
 
-/// A `multipart/form-data` submit body in one buffer: a `steps` field and
-/// one `image` file field per image. Returns the content type and the body.
+/// A `multipart/form-data` submit body in one buffer: the spec as field
+/// `field` (`spec` for JSON, `steps` for the one-line form) and one `image`
+/// file field per image. Returns the content type and the body.
 ///
 /// One contiguous body goes out in large writes; reqwest's streamed
 /// multipart form measured at about twice the time for 32 MB of photos.
-pub fn multipart_body(steps: &str, images: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
+pub fn multipart_body(field: &str, spec: &str, images: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
     let mut raw = [0u8; 16];
     // A fresh random boundary per body (RFC 2046); should an image contain
     // it by chance, the server rejects the upload rather than mixing fields.
@@ -181,9 +182,9 @@ pub fn multipart_body(steps: &str, images: &[(String, Vec<u8>)]) -> (String, Vec
     let boundary: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let boundary = format!("pixmesh-{boundary}");
     let size: usize = images.iter().map(|(n, b)| n.len() + b.len() + 200).sum();
-    let mut body = Vec::with_capacity(size + steps.len() + 200);
+    let mut body = Vec::with_capacity(size + spec.len() + 200);
     body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"steps\"\r\n\r\n{steps}\r\n")
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{spec}\r\n")
             .as_bytes(),
     );
     for (name, bytes) in images {
@@ -227,9 +228,8 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
         bail!("no images found in the inputs");
     }
     let client = args.remote.connect()?;
-    let mut form = multipart::Form::new().text("spec", spec.to_json());
     let mut names = HashSet::new();
-    let mut bytes_total = 0u64;
+    let mut images = Vec::with_capacity(found.len());
     for (path, _) in &found {
         let name = path
             .file_name()
@@ -242,9 +242,11 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
         }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        bytes_total += bytes.len() as u64;
-        form = form.part("image", multipart::Part::bytes(bytes).file_name(name));
+        images.push((name, bytes));
     }
+    let bytes_total: u64 = images.iter().map(|(_, b)| b.len() as u64).sum();
+    let (content_type, body) = multipart_body("spec", &spec.to_json(), &images);
+    drop(images);
     let started = Instant::now();
     let resp: Value = client
         .send(
@@ -252,7 +254,8 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
             client
                 .http
                 .post(format!("{}/v1/jobs", client.base))
-                .multipart(form),
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body),
         )?
         .json()
         .context("submit: bad answer")?;

@@ -139,7 +139,7 @@ impl Api {
     }
 
     fn submit(&self, steps: &str, images: &[(String, Vec<u8>)]) -> Result<u64> {
-        let (content_type, body) = crate::client::multipart_body(steps, images);
+        let (content_type, body) = crate::client::multipart_body("steps", steps, images);
         let r = self
             .http
             .post(format!("{}/v1/jobs", self.base))
