@@ -26,6 +26,26 @@ use crate::config::AgentConfig;
 use crate::pipeline::{Pipeline, PluginSet};
 use crate::sandbox::{Plugin, PluginHost};
 
+/// Print a line for the operator. A daemon must outlive its terminal: a
+/// closed stdout or stderr (the launcher went away) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
+/// As `say!`, on stderr.
+#[allow(unused_macros)]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Largest plugin module fetched.
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
@@ -95,11 +115,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     );
     let addrs = node.listen_addrs().await?;
     for a in &addrs {
-        println!("listening on {a}");
+        say!("listening on {a}");
     }
-    println!("pixmesh-agent {} ready", node.peer_id());
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
+    say!("pixmesh-agent {} ready", node.peer_id());
     let agent = Arc::new(Agent {
         slots: Arc::new(Semaphore::new(config.concurrency)),
         node,
@@ -171,7 +189,7 @@ async fn session(agent: Arc<Agent>, coordinator: PeerId) {
             Ok(Response::Welcome) => {
                 if !welcomed {
                     tracing::info!(%coordinator, "enrolled with the coordinator");
-                    println!("enrolled with coordinator {coordinator}");
+                    say!("enrolled with coordinator {coordinator}");
                 }
                 welcomed = true;
             }
@@ -179,7 +197,7 @@ async fn session(agent: Arc<Agent>, coordinator: PeerId) {
             Ok(Response::Refused { reason }) => {
                 if reason != last_refusal {
                     tracing::warn!(%coordinator, %reason, "the coordinator refused this agent");
-                    eprintln!("coordinator {coordinator} refused this agent: {reason}");
+                    say_err!("coordinator {coordinator} refused this agent: {reason}");
                     last_refusal = reason;
                 }
                 welcomed = false;
@@ -452,7 +470,7 @@ impl Agent {
     async fn shut_down(&self) {
         self.accepting.store(false, Ordering::Relaxed);
         let held: Vec<(TaskId, Running)> = lock(&self.running).drain().collect();
-        eprintln!(
+        say_err!(
             "pixmesh-agent: shutting down; handing back {} task(s)",
             held.len()
         );

@@ -184,8 +184,10 @@ pub fn multipart_body(field: &str, spec: &str, images: &[(String, Vec<u8>)]) -> 
     let size: usize = images.iter().map(|(n, b)| n.len() + b.len() + 200).sum();
     let mut body = Vec::with_capacity(size + spec.len() + 200);
     body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{spec}\r\n")
-            .as_bytes(),
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{spec}\r\n"
+        )
+        .as_bytes(),
     );
     for (name, bytes) in images {
         let name = name.replace(['"', '\r', '\n'], "_");

@@ -17,6 +17,26 @@ use tokio::net::TcpListener;
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, DataDir, api_token};
 
+/// Print a line for the operator. A daemon must outlive its terminal: a
+/// closed stdout or stderr (the launcher went away) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
+/// As `say!`, on stderr.
+#[allow(unused_macros)]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// `pixmesh coordinator` arguments.
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
@@ -128,22 +148,20 @@ pub fn run_command(args: CoordinatorArgs) -> Result<ExitCode> {
             !args.no_mdns,
         )
         .await?;
-        println!(
+        say!(
             "pixmesh coordinator listening on http://{addr} (data in {}, API token in {})",
             dir.0.display(),
             dir.token().display()
         );
-        println!("peer id {}", node.peer_id());
+        say!("peer id {}", node.peer_id());
         for a in &mesh_addrs {
-            println!("mesh address {a}");
+            say!("mesh address {a}");
         }
         let info = Arc::new(crate::api::Info {
             peer_id: node.peer_id().to_string(),
             mesh_addrs: mesh_addrs.iter().map(|a| a.to_string()).collect(),
             version: crate::mesh::VERSION.to_owned(),
         });
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
         let ticker = {
             let c = coordinator.clone();
             tokio::spawn(async move {
