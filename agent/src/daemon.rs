@@ -9,8 +9,8 @@
 //! in-flight one back (a retryable failure, so it is reassigned at once
 //! rather than after a lease expires), says `Bye` and exits.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,8 @@ struct Agent {
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<TaskId, Running>>,
     accepting: AtomicBool,
-    queued: AtomicU32,
+    /// Plugins in the plugin directory, by hash (advertised).
+    on_disk: Mutex<BTreeSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,6 +78,20 @@ pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// Hashes of the `.wasm` files in the plugin directory.
+fn plugins_on_disk(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".wasm").map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Why a task could not finish, and whether another try may succeed.
@@ -125,7 +140,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         plugins: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         accepting: AtomicBool::new(true),
-        queued: AtomicU32::new(0),
+        on_disk: Mutex::new(plugins_on_disk(&config.plugin_dir())),
         config,
     });
     for coordinator in agent.config.coordinators.clone() {
@@ -215,24 +230,13 @@ async fn session(agent: Arc<Agent>, coordinator: PeerId) {
 impl Agent {
     fn advert(&self) -> Advert {
         let running = lock(&self.running).len() as u32;
-        let mut plugins: Vec<String> = lock(&self.plugins).keys().cloned().collect();
-        if let Ok(dir) = std::fs::read_dir(self.config.plugin_dir()) {
-            for e in dir.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(h) = name.strip_suffix(".wasm")
-                    && !plugins.iter().any(|p| p == h)
-                {
-                    plugins.push(h.to_owned());
-                }
-            }
-        }
-        plugins.sort();
         Advert {
             version: VERSION.into(),
             slots: self.config.concurrency as u32,
             running,
-            queue_depth: self.queued.load(Ordering::Relaxed),
-            plugins,
+            // Tasks are accepted only into a free slot, never queued here.
+            queue_depth: 0,
+            plugins: lock(&self.on_disk).iter().cloned().collect(),
             rss_bytes: rss_bytes(),
         }
     }
@@ -401,10 +405,13 @@ impl Agent {
                     .map_err(|e| TaskFailure::retry(format!("cannot fetch plugin {hash}: {e}")))?;
                 tracing::info!(plugin = %hash, bytes = bytes.len(), "plugin fetched from the coordinator");
                 let tmp = path.with_extension("tmp");
-                if let Err(e) =
-                    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
-                {
-                    tracing::warn!(path = %path.display(), cause = %e, "cannot keep the plugin on disk");
+                match std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+                    Ok(()) => {
+                        lock(&self.on_disk).insert(hash.to_owned());
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), cause = %e, "cannot keep the plugin on disk")
+                    }
                 }
                 bytes
             }

@@ -293,8 +293,6 @@ impl Coordinator {
         let now = self.now();
         let mut state = self.lock();
         let (job, tasks) = state.store.insert_job(spec, &inputs, now)?;
-        drop(state);
-        let mut state = self.lock();
         let plugins = plugin_ids(spec);
         let mut actions = Vec::new();
         // Largest first (LPT), as `pixmesh run` orders its work: the big

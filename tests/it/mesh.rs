@@ -323,6 +323,28 @@ fn a_job_with_a_plugin_runs_across_agents_byte_identical_to_pixmesh_run() {
         })
         .count();
     assert!(fetched >= 2, "only {fetched} agents hold the plugin");
+    // ...and say so in their adverts: the node table lists it (the next
+    // heartbeat, within about a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let nodes = mesh.nodes();
+        let advertised = nodes
+            .iter()
+            .filter(|n| {
+                n["plugins"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|h| h == hash.as_str()))
+            })
+            .count();
+        if advertised >= fetched {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{advertised} adverts list the plugin: {nodes:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Results download, and match `pixmesh run` on the same inputs byte for byte.
     let results = mesh.dir.path().join("results");
