@@ -544,3 +544,22 @@ fn a_sigterm_agent_hands_its_tasks_back_at_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_agent_identity_persists_and_id_prints_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = |d: &Path| {
+        let out = run(pixmesh_agent().arg("id").arg("--data-dir").arg(d));
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let first = id(dir.path());
+    assert!(first.starts_with("12D3KooW"), "an ed25519 peer id: {first}");
+    assert_eq!(id(dir.path()), first, "the same identity on the next start");
+    assert!(dir.path().join("identity.key").is_file());
+    // A damaged key is an error naming the file, not a new identity.
+    std::fs::write(dir.path().join("identity.key"), b"junk").expect("write");
+    let out = run(pixmesh_agent().arg("id").arg("--data-dir").arg(dir.path()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("identity.key"), "{}", stderr(&out));
+}
