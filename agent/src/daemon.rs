@@ -26,26 +26,6 @@ use crate::config::AgentConfig;
 use crate::pipeline::{Pipeline, PluginSet};
 use crate::sandbox::{Plugin, PluginHost};
 
-/// Print a line for the operator. A daemon must outlive its terminal: a
-/// closed stdout or stderr (the launcher went away) is not an error.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-        let _ = out.flush();
-    }};
-}
-
-/// As `say!`, on stderr.
-#[allow(unused_macros)]
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-
 /// Largest plugin module fetched.
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
@@ -167,7 +147,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM: how both daemons are asked to stop.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut term) => {

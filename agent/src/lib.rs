@@ -15,6 +15,28 @@
 //! - [`config`]: its settings (flags, environment, TOML file).
 //! - [`cli`]: the `pixmesh-agent` command line.
 
+/// Print a line for the operator, as `println!` does, except that a closed
+/// stdout (the launcher went away) is not an error: a daemon must outlive
+/// its terminal.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
+/// As [`say!`], on stderr.
+#[macro_export]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -321,6 +321,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// A plugin file's bytes, and the name to give it: `--name`, else the file
+/// name without its extension.
+pub(crate) fn read_plugin(
+    file: &std::path::Path,
+    name: Option<String>,
+) -> Result<(Vec<u8>, String)> {
+    let wasm =
+        std::fs::read(file).with_context(|| format!("cannot read plugin {}", file.display()))?;
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .context("give --name")?,
+    };
+    Ok((wasm, name))
+}
+
 fn plugin_command(cmd: PluginCommand) -> Result<ExitCode> {
     use crate::registry::{Registry, home};
     use pixmesh_agent::sandbox::PluginHost;
@@ -332,15 +350,7 @@ fn plugin_command(cmd: PluginCommand) -> Result<ExitCode> {
             sandbox,
         } => {
             let registry = Registry::open(&home(h.home.as_deref()))?;
-            let wasm = std::fs::read(&file)
-                .with_context(|| format!("cannot read plugin {}", file.display()))?;
-            let name = match name {
-                Some(n) => n,
-                None => file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .context("give --name")?,
-            };
+            let (wasm, name) = read_plugin(&file, name)?;
             let host = PluginHost::new(registry.sandbox_config(sandbox.config()))?;
             let hash = registry
                 .add(&host, &wasm, &name)

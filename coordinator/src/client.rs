@@ -175,12 +175,10 @@ fn short(peer: &str) -> String {
 /// One contiguous body goes out in large writes; reqwest's streamed
 /// multipart form measured at about twice the time for 32 MB of photos.
 pub fn multipart_body(field: &str, spec: &str, images: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
-    let mut raw = [0u8; 16];
     // A fresh random boundary per body (RFC 2046); should an image contain
     // it by chance, the server rejects the upload rather than mixing fields.
-    let _ = getrandom::fill(&mut raw);
-    let boundary: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let boundary = format!("pixmesh-{boundary}");
+    let random = crate::service::random_hex(16).unwrap_or_else(|_| "0".repeat(32));
+    let boundary = format!("pixmesh-{random}");
     let size: usize = images.iter().map(|(n, b)| n.len() + b.len() + 200).sum();
     let mut body = Vec::with_capacity(size + spec.len() + 200);
     body.extend_from_slice(
@@ -701,15 +699,7 @@ pub fn token(cmd: TokenCommand) -> Result<ExitCode> {
 
 /// `pixmesh plugin deploy FILE [--name NAME]`.
 pub fn deploy(file: &Path, name: Option<String>, remote: &Remote) -> Result<ExitCode> {
-    let wasm =
-        std::fs::read(file).with_context(|| format!("cannot read plugin {}", file.display()))?;
-    let name = match name {
-        Some(n) => n,
-        None => file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .context("give --name")?,
-    };
+    let (wasm, name) = crate::cli::read_plugin(file, name)?;
     let client = remote.connect()?;
     let url =
         reqwest::Url::parse_with_params(&format!("{}/v1/plugins", client.base), &[("name", &name)])

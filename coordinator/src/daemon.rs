@@ -12,30 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use pixmesh_agent::daemon::shutdown_signal;
+use pixmesh_agent::say;
 use tokio::net::TcpListener;
 
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Coordinator, DataDir, api_token};
-
-/// Print a line for the operator. A daemon must outlive its terminal: a
-/// closed stdout or stderr (the launcher went away) is not an error.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-        let _ = out.flush();
-    }};
-}
-
-/// As `say!`, on stderr.
-#[allow(unused_macros)]
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
 
 /// `pixmesh coordinator` arguments.
 #[derive(Debug, Args)]
@@ -95,21 +77,6 @@ pub struct CoordinatorArgs {
         env = "PIXMESH_MAX_ATTEMPTS"
     )]
     pub max_attempts: u32,
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }
 
 /// Run the daemon until SIGINT or SIGTERM.

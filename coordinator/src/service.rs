@@ -717,13 +717,7 @@ impl Coordinator {
 
     /// Make a join token valid for `ttl_secs` (None: until revoked).
     pub fn create_token(&self, ttl_secs: Option<u64>) -> Result<NewToken> {
-        let mut raw = [0u8; 24];
-        getrandom::fill(&mut raw)
-            .map_err(|e| anyhow::anyhow!("no randomness for the join token: {e}"))?;
-        let token: String = format!(
-            "pmj_{}",
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let token = format!("pmj_{}", random_hex(24).context("no join token")?);
         let expires_ms = ttl_secs.map(|s| crate::store::unix_ms() as i64 + (s as i64) * 1000);
         let id = self
             .lock()
@@ -885,21 +879,16 @@ pub fn api_token(path: &Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw)
-        .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    f.sync_all()?;
+    let token = random_hex(32).context("no API token")?;
+    pixmesh_mesh::identity::create_private(path, format!("{token}\n").as_bytes())?;
     Ok(token)
+}
+
+/// `bytes` random bytes from the OS, as lowercase hex.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// How join tokens are stored: their BLAKE3 hash, never the secret.

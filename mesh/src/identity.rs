@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 pub use libp2p::identity::Keypair;
 
 /// Load the key at `path`, creating a new one there if there is none.
@@ -25,23 +25,25 @@ pub fn load_or_create(path: &Path) -> Result<Keypair> {
             let bytes = key
                 .to_protobuf_encoding()
                 .context("cannot encode the new key")?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+            create_private(path, &bytes)?;
             Ok(key)
         }
-        Err(e) => {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                bail!("cannot read {}: permission denied", path.display());
-            }
-            Err(e).with_context(|| format!("cannot read {}", path.display()))
-        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Create `path` with `bytes`, readable by the owner only (mode 0600), and
+/// sync it. Fails if the file exists: secrets are never overwritten.
+pub fn create_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The coordinator daemon as a real process: token auth, durable submit
 //! (survives SIGKILL), status with a waiting reason, cancel, results.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 
@@ -18,26 +17,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
-        let mut child = pixmesh()
-            .args([
-                "coordinator",
-                "--listen",
-                "127.0.0.1:0",
-                "--p2p-listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--no-mdns",
-                "--data-dir",
-            ])
-            .arg(dir)
+        let mut child = coordinator_command(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start coordinator");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read banner");
+        let line = pixmesh::bench::mesh::read_lines_until(&mut child, "http://")
+            .expect("the coordinator's banner")
+            .join(" ");
         let base = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))

@@ -193,3 +193,13 @@ pub fn pixmesh_agent() -> Command {
     c.env_remove("RUST_LOG");
     c
 }
+
+/// `pixmesh coordinator` on loopback ports the OS picks, without mDNS,
+/// keeping its data in `dir`.
+pub fn coordinator_command(dir: &Path) -> Command {
+    let mut c = pixmesh();
+    c.args(["coordinator", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--data-dir"])
+        .arg(dir);
+    c
+}

@@ -1,7 +1,6 @@
 //! The mesh with real processes on loopback: a coordinator, agents that
 //! enrol with a join token, jobs submitted and fetched with the CLI.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,32 +33,8 @@ impl Drop for Mesh {
     }
 }
 
-/// Read a child's stdout lines until `want` matches one; keep draining the
-/// rest on a thread so the child never blocks on a full pipe.
-fn read_until(child: &mut Child, want: impl Fn(&str) -> bool) -> Vec<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).expect("read stdout");
-        assert!(
-            n > 0,
-            "process exited before printing what was expected: {lines:?}"
-        );
-        let done = want(&line);
-        lines.push(line.trim_end().to_owned());
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    lines
+fn read_until(child: &mut Child, marker: &str) -> Vec<String> {
+    pixmesh::bench::mesh::read_lines_until(child, marker).expect("the process's banner")
 }
 
 impl Mesh {
@@ -68,22 +43,12 @@ impl Mesh {
     pub fn start(agents: usize, concurrency: usize) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("coordinator");
-        let mut coordinator = pixmesh()
-            .args([
-                "coordinator",
-                "--listen",
-                "127.0.0.1:0",
-                "--p2p-listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--no-mdns",
-                "--data-dir",
-            ])
-            .arg(&data)
+        let mut coordinator = coordinator_command(&data)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start coordinator");
-        let lines = read_until(&mut coordinator, |l| l.starts_with("mesh address"));
+        let lines = read_until(&mut coordinator, "mesh address");
         let base = lines
             .iter()
             .flat_map(|l| l.split_whitespace())
@@ -141,7 +106,7 @@ impl Mesh {
             cmd.args(["--join-token", t]);
         }
         let mut child = cmd.spawn().expect("start agent");
-        let lines = read_until(&mut child, |l| l.contains(" ready"));
+        let lines = read_until(&mut child, " ready");
         let peer = lines
             .last()
             .and_then(|l| l.split_whitespace().nth(1))

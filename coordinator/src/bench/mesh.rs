@@ -79,7 +79,10 @@ impl Drop for Procs {
     }
 }
 
-fn read_lines_until(child: &mut Child, marker: &str) -> Result<Vec<String>> {
+/// Read a child's stdout up to and including the first line containing
+/// `marker`; keep draining the rest on a thread so the child never blocks
+/// on a full pipe. Used by the mesh tests too.
+pub fn read_lines_until(child: &mut Child, marker: &str) -> Result<Vec<String>> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut reader = BufReader::new(stdout);
     let mut lines = Vec::new();
