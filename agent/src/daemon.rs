@@ -181,11 +181,25 @@ async fn session(agent: Arc<Agent>, coordinator: PeerId) {
                 join_token: agent.config.join_token.clone(),
             }
         };
-        match agent.node.request(coordinator, request).await {
+        // A heartbeat that takes longer than a few intervals is lost: the
+        // coordinator died or restarted behind a connection that has not
+        // noticed yet. Drop that connection so the next hello dials afresh.
+        let patience = agent.config.heartbeat_interval() * 2;
+        let answer =
+            match tokio::time::timeout(patience, agent.node.request(coordinator, request)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(pixmesh_mesh::MeshError::Unreachable {
+                    peer: coordinator,
+                    reason: format!("no answer within {patience:?}"),
+                }),
+            };
+        match answer {
             Ok(Response::Welcome) => {
                 if !welcomed {
                     tracing::info!(%coordinator, "enrolled with the coordinator");
                     say!("enrolled with coordinator {coordinator}");
+                    // Report slots and load now: work can start at once.
+                    every.reset_immediately();
                 }
                 welcomed = true;
             }
@@ -202,6 +216,12 @@ async fn session(agent: Arc<Agent>, coordinator: PeerId) {
             Ok(other) => tracing::debug!(?other, "unexpected answer to a heartbeat"),
             Err(e) => {
                 tracing::debug!(%coordinator, cause = %e, "coordinator unreachable");
+                if welcomed {
+                    // Drop the dead connection and say hello over a new one
+                    // right away.
+                    agent.node.disconnect(coordinator);
+                    every.reset_immediately();
+                }
                 welcomed = false;
             }
         }
@@ -356,9 +376,21 @@ impl Agent {
             .map_err(|e| TaskFailure::fatal(e.to_string()))?;
         let process_ms = began.elapsed().as_secs_f64() * 1e3;
         let pushed = Instant::now();
-        let output = blob::push(&mut control, coordinator, &processed.bytes)
-            .await
-            .map_err(|e| TaskFailure::retry(format!("cannot upload the output: {e}")))?;
+        // A computed result is worth keeping through a network cut: keep
+        // offering it while the link is down (the coordinator's fencing
+        // decides whether it is still wanted).
+        let bytes = &processed.bytes;
+        let output = patiently(
+            "upload the output",
+            a.task,
+            || {
+                let mut control = self.node.stream_control();
+                async move { blob::push(&mut control, coordinator, bytes).await }
+            },
+            |e| matches!(e, blob::BlobError::Open { .. } | blob::BlobError::Io { .. }),
+        )
+        .await
+        .map_err(|e| TaskFailure::retry(format!("cannot upload the output: {e}")))?;
         tracing::debug!(
             task = a.task,
             upload_ms = pushed.elapsed().as_secs_f64() * 1e3,
@@ -435,15 +467,17 @@ impl Agent {
             }
         };
         // Report before forgetting the task, so a shutdown in between still
-        // hands it back; try a few times across short network trouble.
-        for attempt in 0..5u32 {
-            match self.node.request(coordinator, request.clone()).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(task = a.task, cause = %e, "cannot report; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-            }
+        // hands it back; keep trying across network trouble (a result that
+        // arrives after its task was reassigned is refused by fencing).
+        let delivered = patiently(
+            "report the outcome",
+            a.task,
+            || self.node.request(coordinator, request.clone()),
+            |_| true,
+        )
+        .await;
+        if let Err(e) = delivered {
+            tracing::warn!(task = a.task, cause = %e, "gave up reporting; the coordinator's lease will expire");
         }
         let mut running = lock(&self.running);
         if running.get(&a.task).is_some_and(|r| r.attempt == a.attempt) {
@@ -477,6 +511,39 @@ impl Agent {
                     tracing::warn!(coordinator = %c, "goodbye timed out; its leases will expire")
                 }
             }
+        }
+        self.node.close_all().await;
+    }
+}
+
+/// How long a finished task's result is offered to an unreachable coordinator.
+const RESULT_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Run `op` until it succeeds, fails for a reason `transient` says is not
+/// worth retrying, or [`RESULT_PATIENCE`] runs out; pauses grow from 200 ms
+/// to 2 s.
+async fn patiently<T, E, F, Fut>(
+    what: &str,
+    task: TaskId,
+    mut op: F,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + RESULT_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                tracing::debug!(task, cause = %e, "cannot {what}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

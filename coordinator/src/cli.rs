@@ -101,6 +101,16 @@ pub enum Command {
     /// Manage the local plugin registry (WebAssembly transform plugins).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// A local testnet: a coordinator and agents as background processes on
+    /// this machine, with commands to kill, restart and partition them.
+    ///
+    /// Examples:
+    ///   pixmesh testnet demo                # start, process sample photos, stop
+    ///   pixmesh testnet up --agents 3       # then: eval "$(pixmesh testnet env)"
+    ///   pixmesh testnet kill agent-2
+    ///   pixmesh testnet down
+    #[command(subcommand)]
+    Testnet(crate::testnet::TestnetCommand),
     /// Benchmark pixmesh against vipsthumbnail and ImageMagick on the same photos.
     ///
     /// Makes 256 px JPEG q80 thumbnails of every photo in DIR with each tool,
@@ -318,6 +328,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cancel { job, remote } => crate::client::cancel(job, &remote),
         Command::Nodes { remote } => crate::client::nodes(&remote),
         Command::Token(cmd) => crate::client::token(cmd),
+        Command::Testnet(cmd) => crate::testnet::command(cmd),
     }
 }
 

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::{EXIT_OK, EXIT_SOME_FAILED, SpecSource};
+use pixmesh_protocol::JobSpec;
 
 /// The default coordinator address.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";
@@ -126,12 +127,17 @@ impl Client {
         bail!("{what}: {message} (HTTP {}){hint}", status.as_u16())
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
         let resp = self.send(what, self.http.get(format!("{}{path}", self.base)))?;
         resp.json().with_context(|| format!("{what}: bad answer"))
     }
 
-    fn post<T: DeserializeOwned>(&self, path: &str, what: &str, body: Option<Value>) -> Result<T> {
+    pub(crate) fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
         let mut req = self.http.post(format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
@@ -144,6 +150,87 @@ impl Client {
     /// `GET /v1/jobs/{id}`.
     pub fn job(&self, id: u64) -> Result<Value> {
         self.get(&format!("/v1/jobs/{id}"), &format!("job {id}"))
+    }
+
+    /// Submit a job over the images found in `inputs` (files or
+    /// directories); the coordinator's answer and the bytes uploaded.
+    pub fn submit(&self, spec: &JobSpec, inputs: &[PathBuf]) -> Result<(Value, u64)> {
+        let found = crate::local::discover(inputs)?;
+        if found.is_empty() {
+            bail!("no images found in the inputs");
+        }
+        let mut names = HashSet::new();
+        let mut images = Vec::with_capacity(found.len());
+        for (path, _) in &found {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| format!("{} has no file name", path.display()))?;
+            if !names.insert(name.clone()) {
+                bail!(
+                    "two inputs are named {name:?}; a job's images need distinct file names (submit them as separate jobs)"
+                );
+            }
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            images.push((name, bytes));
+        }
+        let bytes_total: u64 = images.iter().map(|(_, b)| b.len() as u64).sum();
+        let (content_type, body) = multipart_body("spec", &spec.to_json(), &images);
+        drop(images);
+        let resp = self
+            .send(
+                "submit",
+                self.http
+                    .post(format!("{}/v1/jobs", self.base))
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body),
+            )?
+            .json()
+            .context("submit: bad answer")?;
+        Ok((resp, bytes_total))
+    }
+
+    /// Deploy a plugin under `name`; the coordinator's answer (with its hash).
+    pub fn deploy(&self, wasm: Vec<u8>, name: &str, what: &str) -> Result<Value> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/v1/plugins", self.base),
+            &[("name", name)],
+        )
+        .context("bad coordinator address")?;
+        self.send(&format!("deploy {what}"), self.http.post(url).body(wasm))?
+            .json()
+            .context("deploy: bad answer")
+    }
+
+    /// Download a job's finished results into `outdir`; the files written.
+    pub fn download(&self, job: u64, outdir: &Path) -> Result<Vec<PathBuf>> {
+        let resp = self.send(
+            &format!("results of job {job}"),
+            self.http
+                .get(format!("{}/v1/jobs/{job}/results", self.base)),
+        )?;
+        std::fs::create_dir_all(outdir)
+            .with_context(|| format!("cannot create {}", outdir.display()))?;
+        let mut archive = tar::Archive::new(resp);
+        let mut written = Vec::new();
+        for entry in archive.entries().context("bad results archive")? {
+            let mut entry = entry.context("bad results archive")?;
+            let name = entry.path().context("bad name in archive")?.into_owned();
+            // unpack_in refuses names that would escape the directory.
+            if !entry
+                .unpack_in(outdir)
+                .with_context(|| format!("cannot write {}", outdir.join(&name).display()))?
+            {
+                bail!(
+                    "the archive names a path outside {}: {}",
+                    outdir.display(),
+                    name.display()
+                );
+            }
+            written.push(outdir.join(name));
+        }
+        Ok(written)
     }
 }
 
@@ -223,42 +310,9 @@ pub struct SubmitArgs {
 /// `pixmesh submit`.
 pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let spec = args.spec.load()?;
-    let found = crate::local::discover(&args.inputs)?;
-    if found.is_empty() {
-        bail!("no images found in the inputs");
-    }
     let client = args.remote.connect()?;
-    let mut names = HashSet::new();
-    let mut images = Vec::with_capacity(found.len());
-    for (path, _) in &found {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("{} has no file name", path.display()))?;
-        if !names.insert(name.clone()) {
-            bail!(
-                "two inputs are named {name:?}; a job's images need distinct file names (submit them as separate jobs)"
-            );
-        }
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        images.push((name, bytes));
-    }
-    let bytes_total: u64 = images.iter().map(|(_, b)| b.len() as u64).sum();
-    let (content_type, body) = multipart_body("spec", &spec.to_json(), &images);
-    drop(images);
     let started = Instant::now();
-    let resp: Value = client
-        .send(
-            "submit",
-            client
-                .http
-                .post(format!("{}/v1/jobs", client.base))
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(body),
-        )?
-        .json()
-        .context("submit: bad answer")?;
+    let (resp, bytes_total) = client.submit(&spec, &args.inputs)?;
     let job = n(&resp, "job");
     if !args.wait {
         if args.remote.json {
@@ -319,7 +373,7 @@ pub fn wait(client: &Client, job: u64, quiet: bool) -> Result<Value> {
         bar.set_length(total);
         bar.set_position(finished);
         let msg = match view.get("waiting").and_then(Value::as_str) {
-            Some(w) => format!("waiting: {w}"),
+            Some(w) => w.to_owned(),
             None => format!(
                 "{} running, {} failed",
                 n(&view, "running"),
@@ -371,7 +425,11 @@ pub fn status(job: u64, remote: &Remote) -> Result<ExitCode> {
         n(&view, "cancelled")
     );
     if let Some(w) = view.get("waiting").and_then(Value::as_str) {
-        println!("  waiting: {w}");
+        println!("  {w}");
+    }
+    let (moved, fenced) = (n(&view, "reassignments"), n(&view, "late_results_refused"));
+    if moved + fenced > 0 {
+        println!("  {moved} reassigned or retried; {fenced} late results refused by fencing");
     }
     println!(
         "{:<32} {:<10} {:>7} {:<18} RESULT / REASON",
@@ -441,32 +499,7 @@ pub fn jobs(remote: &Remote) -> Result<ExitCode> {
 pub fn results(job: u64, outdir: &Path, remote: &Remote) -> Result<ExitCode> {
     let client = remote.connect()?;
     let view = client.job(job)?;
-    let resp = client.send(
-        &format!("results of job {job}"),
-        client
-            .http
-            .get(format!("{}/v1/jobs/{job}/results", client.base)),
-    )?;
-    std::fs::create_dir_all(outdir)
-        .with_context(|| format!("cannot create {}", outdir.display()))?;
-    let mut archive = tar::Archive::new(resp);
-    let mut written = Vec::new();
-    for entry in archive.entries().context("bad results archive")? {
-        let mut entry = entry.context("bad results archive")?;
-        let name = entry.path().context("bad name in archive")?.into_owned();
-        // unpack_in refuses names that would escape the directory.
-        if !entry
-            .unpack_in(outdir)
-            .with_context(|| format!("cannot write {}", outdir.join(&name).display()))?
-        {
-            bail!(
-                "the archive names a path outside {}: {}",
-                outdir.display(),
-                name.display()
-            );
-        }
-        written.push(outdir.join(name));
-    }
+    let written = client.download(job, outdir)?;
     let pending = n(&view, "queued") + n(&view, "running");
     if remote.json {
         print_json(&serde_json::json!({
@@ -700,24 +733,17 @@ pub fn token(cmd: TokenCommand) -> Result<ExitCode> {
 /// `pixmesh plugin deploy FILE [--name NAME]`.
 pub fn deploy(file: &Path, name: Option<String>, remote: &Remote) -> Result<ExitCode> {
     let (wasm, name) = crate::cli::read_plugin(file, name)?;
-    let client = remote.connect()?;
-    let url =
-        reqwest::Url::parse_with_params(&format!("{}/v1/plugins", client.base), &[("name", &name)])
-            .context("bad coordinator address")?;
-    let resp: Value = client
-        .send(
-            &format!("deploy {}", file.display()),
-            client.http.post(url).body(wasm.clone()),
-        )?
-        .json()
-        .context("deploy: bad answer")?;
+    let bytes = wasm.len();
+    let resp = remote
+        .connect()?
+        .deploy(wasm, &name, &file.display().to_string())?;
     if remote.json {
         print_json(&resp)?;
     } else {
         println!(
             "deployed {name} ({}, {} bytes); agents fetch it when a job needs it",
             s(&resp, "hash"),
-            wasm.len()
+            bytes
         );
     }
     Ok(ExitCode::from(EXIT_OK))

@@ -49,7 +49,7 @@ pub struct CoordinatorArgs {
     #[arg(
         long,
         value_name = "MS",
-        default_value_t = 5000,
+        default_value_t = 4000,
         env = "PIXMESH_DEAD_AFTER_MS"
     )]
     pub dead_after_ms: u64,
@@ -57,7 +57,7 @@ pub struct CoordinatorArgs {
     #[arg(
         long,
         value_name = "MS",
-        default_value_t = 2500,
+        default_value_t = 2000,
         env = "PIXMESH_SUSPECT_AFTER_MS"
     )]
     pub suspect_after_ms: u64,
@@ -150,6 +150,8 @@ pub fn run_command(args: CoordinatorArgs) -> Result<ExitCode> {
             .with_graceful_shutdown(shutdown_signal())
             .await;
         ticker.abort();
+        // Agents notice the restart at once and say hello again.
+        node.close_all().await;
         served.context("the HTTP server failed")
     })?;
     Ok(ExitCode::SUCCESS)

@@ -31,3 +31,4 @@ pub mod registry;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod testnet;

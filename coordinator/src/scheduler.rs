@@ -58,8 +58,8 @@ impl Default for SchedulerConfig {
             max_attempts: 4,
             backoff_base_ms: 500,
             backoff_max_ms: 10_000,
-            suspect_after_ms: 2_500,
-            dead_after_ms: 5_000,
+            suspect_after_ms: 2_000,
+            dead_after_ms: 4_000,
         }
     }
 }
@@ -413,7 +413,7 @@ impl Scheduler {
                 if self.current(task, attempt, &node).is_some() {
                     self.release(task, &node);
                     if retryable {
-                        self.retry(now, task, reason, &mut actions);
+                        self.retry(now, task, reason, true, &mut actions);
                     } else if let Some(t) = self.tasks.get_mut(&task) {
                         t.state = TaskState::Failed {
                             reason: reason.clone(),
@@ -495,7 +495,17 @@ impl Scheduler {
     }
 
     /// Put a task back in the queue for another attempt, or give up.
-    fn retry(&mut self, now: Millis, task: TaskId, reason: String, actions: &mut Vec<Action>) {
+    /// Queue a task again with its next attempt, after a backoff when
+    /// `back_off` (its own failure or a silent lease), or at once (its
+    /// agent died or left).
+    fn retry(
+        &mut self,
+        now: Millis,
+        task: TaskId,
+        reason: String,
+        back_off: bool,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -508,7 +518,11 @@ impl Scheduler {
             return;
         }
         let exp = t.attempt.saturating_sub(1).min(20);
-        let backoff = (self.config.backoff_base_ms << exp).min(self.config.backoff_max_ms);
+        let backoff = if back_off {
+            (self.config.backoff_base_ms << exp).min(self.config.backoff_max_ms)
+        } else {
+            0
+        };
         t.state = TaskState::Queued {
             ready_at: now + backoff,
         };
@@ -533,15 +547,13 @@ impl Scheduler {
                 health: Health::Dead,
             });
         }
+        // No revoke: a dead agent cannot hear it, one that left has already
+        // dropped its tasks, and one that was only cut off may come back
+        // with a result, which fencing then refuses and counts.
         let tasks = std::mem::take(&mut n.running);
         for task in tasks {
-            let attempt = self.tasks.get(&task).map_or(0, |t| t.attempt);
-            actions.push(Action::Revoke {
-                task,
-                attempt,
-                node: node.to_owned(),
-            });
-            self.retry(now, task, format!("{why} ({node})"), actions);
+            // The task is not at fault: hand it on at once.
+            self.retry(now, task, format!("{why} ({node})"), false, actions);
         }
     }
 
@@ -581,7 +593,7 @@ impl Scheduler {
                 attempt,
                 node: node.clone(),
             });
-            self.retry(now, task, format!("lease expired on {node}"), actions);
+            self.retry(now, task, format!("lease expired on {node}"), true, actions);
         }
     }
 
@@ -948,11 +960,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, 2), (2, 2)]
         );
-        // Killed at 0: dead after 5 s, retried after the 0.5 s backoff.
-        assert!(
-            t <= cfg.dead_after_ms + cfg.backoff_base_ms + 250,
-            "reassigned at {t} ms"
-        );
+        // Killed at 0: dead after the threshold and handed on at once (no
+        // backoff: the task did nothing wrong).
+        assert!(t <= cfg.dead_after_ms + 250, "reassigned at {t} ms");
     }
 
     #[test]
@@ -1092,13 +1102,16 @@ mod tests {
                 node: "leaving".into(),
             },
         );
-        assert!(acts.contains(&Action::Revoke {
-            task: 1,
-            attempt: 1,
-            node: "leaving".into()
-        }));
-        s.handle(20, seen("staying", 1));
-        let acts = s.tick(10 + SchedulerConfig::default().backoff_base_ms);
+        assert!(
+            acts.contains(&Action::Requeued {
+                task: 1,
+                attempt: 1,
+                reason: "agent left (leaving)".into()
+            }),
+            "{acts:?}"
+        );
+        // No backoff: the next free slot takes it.
+        let acts = s.handle(20, seen("staying", 1));
         assert_eq!(assigned(&acts), vec![(1, 2, "staying".into())]);
     }
 

@@ -189,6 +189,8 @@ pub struct TaskView {
     pub assigned_ms: Option<f64>,
     /// When it finished, Unix ms.
     pub finished_ms: Option<f64>,
+    /// Late results from superseded attempts refused by fencing.
+    pub late_results_refused: u32,
 }
 
 /// A job as the API shows it.
@@ -202,6 +204,12 @@ pub struct JobView {
     /// the scheduler).
     #[serde(flatten)]
     pub status: JobStatus,
+    /// Attempts beyond each task's first, summed: tasks handed to another
+    /// agent after a lease expired, an agent died or left, or a retryable
+    /// failure.
+    pub reassignments: u32,
+    /// Late results from superseded attempts refused by fencing.
+    pub late_results_refused: u32,
     /// Every task, in submission order.
     pub tasks: Vec<TaskView>,
 }
@@ -348,6 +356,8 @@ impl Coordinator {
         Ok(Some(JobView {
             id: job,
             steps: spec.to_compact(),
+            reassignments: rows.iter().map(|r| r.attempt.saturating_sub(1)).sum(),
+            late_results_refused: rows.iter().map(|r| r.fenced).sum(),
             status: JobStatus {
                 queued: count("queued"),
                 running: count("running"),
@@ -369,6 +379,7 @@ impl Coordinator {
                     output_name,
                     assigned_ms: r.assigned_ms,
                     finished_ms: r.finished_ms,
+                    late_results_refused: r.fenced,
                 })
                 .collect(),
         }))
@@ -480,6 +491,7 @@ impl Coordinator {
                     node,
                 } => {
                     tracing::warn!(task, attempt, peer = %node, "late result refused (fenced)");
+                    state.store.record_fenced(task)?;
                 }
                 Action::NodeHealth { node, health } => {
                     tracing::info!(peer = %node, ?health, "agent health changed");

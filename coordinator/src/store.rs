@@ -96,6 +96,7 @@ fn migrations() -> Migrations<'static> {
             used       INTEGER NOT NULL DEFAULT 0
         );",
         ),
+        M::up("ALTER TABLE tasks ADD COLUMN fenced INTEGER NOT NULL DEFAULT 0;"),
     ])
 }
 
@@ -163,6 +164,8 @@ pub struct TaskRow {
     pub assigned_ms: Option<f64>,
     /// When it finished, Unix ms.
     pub finished_ms: Option<f64>,
+    /// Late results from superseded attempts that fencing refused.
+    pub fenced: u32,
 }
 
 /// The database.
@@ -251,7 +254,7 @@ impl Store {
 
     fn tasks_where(&self, clause: &str, arg: Option<i64>) -> Result<Vec<TaskRow>, StoreError> {
         let sql = format!(
-            "SELECT id, job, name, input, state, attempt, node, output, error, assigned_ms, finished_ms FROM tasks {clause} ORDER BY id"
+            "SELECT id, job, name, input, state, attempt, node, output, error, assigned_ms, finished_ms, fenced FROM tasks {clause} ORDER BY id"
         );
         let mut stmt = self.conn.prepare(&sql).ctx("preparing a task query")?;
         let rows = match arg {
@@ -263,7 +266,7 @@ impl Store {
         for row in rows {
             let (
                 (id, job, name, input, state, attempt, node, output, error),
-                (assigned_ms, finished_ms),
+                (assigned_ms, finished_ms, fenced),
             ) = row.ctx("reading a task")?;
             out.push(TaskRow {
                 id: id as TaskId,
@@ -277,6 +280,7 @@ impl Store {
                 error,
                 assigned_ms,
                 finished_ms,
+                fenced,
             });
         }
         Ok(out)
@@ -330,6 +334,17 @@ impl Store {
                 [task as i64],
             )
             .ctx("recording a requeue")?;
+        Ok(())
+    }
+
+    /// Count a late result of `task` that fencing refused.
+    pub fn record_fenced(&mut self, task: TaskId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE tasks SET fenced = fenced + 1 WHERE id = ?1",
+                [task as i64],
+            )
+            .ctx("counting a fenced result")?;
         Ok(())
     }
 
@@ -555,7 +570,7 @@ type RawTask = (
 );
 
 /// Assignment and finish times.
-type Times = (Option<f64>, Option<f64>);
+type Times = (Option<f64>, Option<f64>, u32);
 
 fn raw_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawTask, Times)> {
     Ok((
@@ -570,7 +585,7 @@ fn raw_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RawTask, Times)> {
             r.get(7)?,
             r.get(8)?,
         ),
-        (r.get(9)?, r.get(10)?),
+        (r.get(9)?, r.get(10)?, r.get(11)?),
     ))
 }
 

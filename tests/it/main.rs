@@ -13,3 +13,4 @@ mod engine;
 mod mesh;
 mod plugins;
 mod spec_errors;
+mod testnet;

@@ -479,7 +479,7 @@ fn a_sigterm_agent_hands_its_tasks_back_at_once() {
     assert!(kill.success());
     let status = agent.wait().expect("agent exits");
     assert!(status.success(), "the agent exited with {status}");
-    // Handed back: queued again well before the 5 s dead-agent timeout
+    // Handed back: queued again well before the 4 s dead-agent timeout
     // or the 10 s lease could have done it.
     let view = mesh.job(job);
     assert_eq!(view["running"], 0, "{view:#}");

@@ -7,7 +7,10 @@
 //!   against the same transform compiled natively.
 //! - [`mesh`]: a 3-agent loopback mesh against `pixmesh run`, dispatch
 //!   latency, agent memory.
+//! - [`failover`]: what an agent SIGKILL and a coordinator crash cost on a
+//!   loopback testnet.
 
+pub mod failover;
 pub mod mesh;
 pub mod plugins;
 pub mod thumbnails;
@@ -27,6 +30,9 @@ pub enum Suite {
     Plugins,
     /// A 3-agent loopback mesh vs pixmesh run; dispatch latency; agent memory.
     Mesh,
+    /// Failures on a loopback testnet: agent SIGKILL to reassignment,
+    /// coordinator restart to recovery; tasks lost and duplicated.
+    Failover,
 }
 
 /// `pixmesh bench` arguments.
@@ -73,6 +79,7 @@ pub fn run_command(args: BenchArgs) -> Result<ExitCode> {
         Suite::Thumbnails => thumbnails::run(args),
         Suite::Plugins => plugins::run(args),
         Suite::Mesh => mesh::run(args),
+        Suite::Failover => failover::run(args),
     }
 }
 
