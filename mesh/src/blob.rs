@@ -17,13 +17,16 @@
 //! before reading it, and both check that the bytes hash to the id, so a
 //! peer can neither flood nor poison the other.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
-use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 use pixmesh_protocol::ContentId;
 use pixmesh_protocol::wire::BLOB_PROTOCOL;
+use tokio_io_timeout::TimeoutStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 
 const OP_GET: u8 = b'G';
 const OP_PUT: u8 = b'P';
@@ -32,6 +35,21 @@ const STATUS_REFUSED: u8 = 1;
 
 /// Longest a single transfer may take before it is abandoned.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest a transfer may go without moving a byte. A cut link otherwise
+/// stalls a stream until the connection gives up, which for a connection
+/// closing gracefully over a dead TCP path can take minutes.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A blob stream that fails when no byte moves for [`STALL_TIMEOUT`].
+type Stream = Compat<Pin<Box<TimeoutStream<Compat<libp2p::Stream>>>>>;
+
+fn watched(stream: libp2p::Stream) -> Stream {
+    let mut guarded = TimeoutStream::new(stream.compat());
+    guarded.set_read_timeout(Some(STALL_TIMEOUT));
+    guarded.set_write_timeout(Some(STALL_TIMEOUT));
+    Box::pin(guarded).compat()
+}
 
 /// The protocol name as libp2p wants it.
 pub fn protocol() -> StreamProtocol {
@@ -150,6 +168,7 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
     control
         .open_stream(peer, protocol())
         .await
+        .map(watched)
         .map_err(|e| BlobError::Open {
             peer,
             reason: e.to_string(),
@@ -247,7 +266,7 @@ pub fn serve(
         while let Some((peer, stream)) = incoming.next().await {
             let service = service.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(peer, stream, service, limit).await {
+                if let Err(e) = handle(peer, watched(stream), service, limit).await {
                     tracing::debug!(%peer, cause = %e, "blob stream failed");
                 }
             });
