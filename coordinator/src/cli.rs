@@ -64,6 +64,9 @@ pub enum Command {
     Status {
         /// Job id.
         job: u64,
+        /// Refresh every second until the job is finished (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         remote: crate::client::Remote,
     },
@@ -92,6 +95,9 @@ pub enum Command {
     /// The coordinator's node table: enrolled agents with health, RTT and
     /// load, and pending or refused peers.
     Nodes {
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         remote: crate::client::Remote,
     },
@@ -318,7 +324,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugin(cmd) => plugin_command(cmd),
         Command::Coordinator(args) => crate::daemon::run_command(args),
         Command::Submit(args) => crate::client::submit(args),
-        Command::Status { job, remote } => crate::client::status(job, &remote),
+        Command::Status { job, watch, remote } => crate::client::status(job, &remote, watch),
         Command::Jobs { remote } => crate::client::jobs(&remote),
         Command::Results {
             job,
@@ -326,7 +332,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             remote,
         } => crate::client::results(job, &output, &remote),
         Command::Cancel { job, remote } => crate::client::cancel(job, &remote),
-        Command::Nodes { remote } => crate::client::nodes(&remote),
+        Command::Nodes { watch, remote } => crate::client::nodes(&remote, watch),
         Command::Token(cmd) => crate::client::token(cmd),
         Command::Testnet(cmd) => crate::testnet::command(cmd),
     }

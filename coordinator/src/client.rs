@@ -402,36 +402,58 @@ fn print_failures(view: &Value) {
     }
 }
 
-/// `pixmesh status JOB`.
-pub fn status(job: u64, remote: &Remote) -> Result<ExitCode> {
-    let view = remote.connect()?.job(job)?;
-    if remote.json {
-        print_json(&view)?;
-        return Ok(ExitCode::from(EXIT_OK));
+/// `pixmesh status JOB [--watch]`.
+pub fn status(job: u64, remote: &Remote, watching: bool) -> Result<ExitCode> {
+    let client = remote.connect()?;
+    let draw = || -> Result<(String, bool)> {
+        let view = client.job(job)?;
+        let done = n(&view, "queued") + n(&view, "running") == 0;
+        let text = if remote.json {
+            format!("{}\n", serde_json::to_string_pretty(&view)?)
+        } else {
+            status_text(job, &view)
+        };
+        Ok((text, done))
+    };
+    if watching {
+        watch(draw)?;
+    } else {
+        print!("{}", draw()?.0);
     }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn status_text(job: u64, view: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let tasks = view
         .get("tasks")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    println!("job {job}: {}", s(&view, "steps"));
-    println!(
+    let _ = writeln!(out, "job {job}: {}", s(view, "steps"));
+    let _ = writeln!(
+        out,
         "  {} images: {} done, {} running, {} queued, {} failed, {} cancelled",
         tasks.len(),
-        n(&view, "done"),
-        n(&view, "running"),
-        n(&view, "queued"),
-        n(&view, "failed"),
-        n(&view, "cancelled")
+        n(view, "done"),
+        n(view, "running"),
+        n(view, "queued"),
+        n(view, "failed"),
+        n(view, "cancelled")
     );
     if let Some(w) = view.get("waiting").and_then(Value::as_str) {
-        println!("  {w}");
+        let _ = writeln!(out, "  {w}");
     }
-    let (moved, fenced) = (n(&view, "reassignments"), n(&view, "late_results_refused"));
+    let (moved, fenced) = (n(view, "reassignments"), n(view, "late_results_refused"));
     if moved + fenced > 0 {
-        println!("  {moved} reassigned or retried; {fenced} late results refused by fencing");
+        let _ = writeln!(
+            out,
+            "  {moved} reassigned or retried; {fenced} late results refused by fencing"
+        );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{:<32} {:<10} {:>7} {:<18} RESULT / REASON",
         "IMAGE", "STATE", "ATTEMPT", "AGENT"
     );
@@ -441,7 +463,8 @@ pub fn status(job: u64, remote: &Remote) -> Result<ExitCode> {
             "failed" => s(t, "error").to_owned(),
             _ => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<32} {:<10} {:>7} {:<18} {detail}",
             s(t, "name"),
             s(t, "state"),
@@ -452,7 +475,29 @@ pub fn status(job: u64, remote: &Remote) -> Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
-    Ok(ExitCode::from(EXIT_OK))
+    out
+}
+
+/// Redraw every second until `draw` says it is done (or Ctrl-C): on a
+/// terminal the screen is cleared first; elsewhere each refresh follows
+/// the last.
+fn watch(draw: impl Fn() -> Result<(String, bool)>) -> Result<()> {
+    use std::io::Write as _;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let (text, done) = draw()?;
+        let mut stdout = std::io::stdout().lock();
+        if tty {
+            write!(stdout, "\x1b[2J\x1b[H")?;
+        }
+        write!(stdout, "{text}")?;
+        stdout.flush()?;
+        drop(stdout);
+        if done {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// `pixmesh jobs`.
@@ -546,23 +591,41 @@ pub fn cancel(job: u64, remote: &Remote) -> Result<ExitCode> {
 }
 
 /// `pixmesh nodes`.
-pub fn nodes(remote: &Remote) -> Result<ExitCode> {
-    let list: Vec<Value> = remote.connect()?.get("/v1/nodes", "nodes")?;
-    if remote.json {
-        print_json(&list)?;
-        return Ok(ExitCode::from(EXIT_OK));
+pub fn nodes(remote: &Remote, watching: bool) -> Result<ExitCode> {
+    let client = remote.connect()?;
+    let draw = || -> Result<(String, bool)> {
+        let list: Vec<Value> = client.get("/v1/nodes", "nodes")?;
+        let text = if remote.json {
+            format!("{}\n", serde_json::to_string_pretty(&list)?)
+        } else {
+            nodes_text(&list)
+        };
+        Ok((text, false))
+    };
+    if watching {
+        watch(draw)?;
+    } else {
+        print!("{}", draw()?.0);
     }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn nodes_text(list: &[Value]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if list.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "no agents yet: start one with `pixmesh-agent run --bootstrap <coordinator mesh address> --join-token <token>`"
         );
-        return Ok(ExitCode::from(EXIT_OK));
+        return out;
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{:<18} {:<9} {:<8} {:>8} {:>6} {:>8} {:>8} {:<20} {:>7}  NOTE",
         "PEER", "STATUS", "HEALTH", "RTT", "LOAD", "SEEN", "RSS", "VERSION", "PLUGINS"
     );
-    for node in &list {
+    for node in list {
         let rtt = node
             .get("rtt_ms")
             .and_then(Value::as_f64)
@@ -597,7 +660,8 @@ pub fn nodes(remote: &Remote) -> Result<ExitCode> {
             }
             None => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<18} {:<9} {:<8} {rtt:>8} {load:>6} {seen:>8} {rss:>8} {:<20} {plugins:>7}  {note}",
             short(s(node, "peer")),
             s(node, "status"),
@@ -605,7 +669,7 @@ pub fn nodes(remote: &Remote) -> Result<ExitCode> {
             s(node, "version"),
         );
     }
-    Ok(ExitCode::from(EXIT_OK))
+    out
 }
 
 /// Parse a duration like `90s`, `15m`, `24h`, `7d` (a bare number is seconds).

@@ -388,9 +388,28 @@ fn with_every_agent_gone_a_job_waits_saying_why_and_finishes_when_one_rejoins() 
         String::from_utf8_lossy(&text.stdout).contains("none of the 2 known agents"),
         "`pixmesh status` says why"
     );
+    // `status --watch` keeps refreshing while the job waits and returns
+    // once it is finished.
+    let watcher = net
+        .cli()
+        .args(["status", &job.to_string(), "--watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(1500));
     // An agent comes back (same identity, same data) and gets the work.
     net.must(&["restart", "agent-1"]);
     net.check_results(job, &photos);
+    let watched = watcher.wait_with_output().expect("status --watch ends");
+    assert!(watched.status.success());
+    let frames: Vec<Value> = serde_json::Deserializer::from_slice(&watched.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("one JSON document per refresh");
+    assert!(frames.len() >= 2, "{} frames", frames.len());
+    assert!(frames[0]["waiting"].is_string(), "{:#}", frames[0]);
+    let last = frames.last().expect("a frame");
+    assert_eq!(last["done"], photos.len() as u64, "{last:#}");
     let back = net.peer("agent-1");
     let view = net.finished(job);
     assert!(
