@@ -16,6 +16,15 @@ use crate::config::AgentArgs;
 #[derive(Debug, Parser)]
 #[command(name = "pixmesh-agent", version)]
 pub struct Cli {
+    /// Log lines as readable text or as JSON objects (one per line).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        env = "PIXMESH_LOG_FORMAT",
+        global = true
+    )]
+    log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,13 +45,7 @@ enum Command {
 /// Parse arguments and run; the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init("info,libp2p=warn", cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

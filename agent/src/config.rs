@@ -92,6 +92,10 @@ pub struct AgentArgs {
     /// Deadline for one plugin call, in milliseconds. Default 10000.
     #[arg(long, value_name = "MS", env = "PIXMESH_PLUGIN_TIMEOUT_MS")]
     pub plugin_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (no authentication:
+    /// bind it to loopback or a trusted network). Default: off.
+    #[arg(long, value_name = "ADDR", env = "PIXMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The config file's keys.
@@ -112,6 +116,7 @@ struct FileConfig {
     max_input_bytes: Option<u64>,
     plugin_memory_mib: Option<usize>,
     plugin_timeout_ms: Option<u64>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -135,6 +140,8 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Plugin sandbox.
     pub sandbox: SandboxConfig,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -257,6 +264,7 @@ impl AgentArgs {
             max_instances: concurrency as u32,
             cache_dir: Some(data_dir.join("cache")),
             keep_resident_bytes: base.keep_resident_bytes,
+            metrics: base.metrics,
         };
         Ok(AgentConfig {
             listen,
@@ -268,6 +276,7 @@ impl AgentArgs {
             limits,
             sandbox,
             data_dir,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         })
     }
 }
@@ -285,7 +294,7 @@ mod tests {
         std::fs::write(
             &file,
             format!(
-                "concurrency = 3\nmax_pixels = 5000\nbootstrap = [\"/ip4/10.0.0.1/tcp/7701/p2p/{COORD}\"]\nmdns = false\n"
+                "concurrency = 3\nmax_pixels = 5000\nbootstrap = [\"/ip4/10.0.0.1/tcp/7701/p2p/{COORD}\"]\nmdns = false\nmetrics_listen = \"127.0.0.1:9101\"\n"
             ),
         )
         .expect("write");
@@ -302,6 +311,10 @@ mod tests {
         assert_eq!(c.coordinators.len(), 1, "coordinator taken from bootstrap");
         assert_eq!(c.coordinators[0].to_string(), COORD);
         assert_eq!(c.listen.len(), 2, "QUIC and TCP by default");
+        assert_eq!(
+            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9101")
+        );
     }
 
     #[test]

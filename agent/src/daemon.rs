@@ -21,8 +21,10 @@ use pixmesh_protocol::wire::{Advert, Assignment, Request, Response, TaskId};
 use pixmesh_protocol::{ContentId, PluginRef, Step};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
+use tracing::Instrument as _;
 
 use crate::config::AgentConfig;
+use crate::metrics::{AgentMetrics, TaskCost};
 use crate::pipeline::{Pipeline, PluginSet};
 use crate::sandbox::{Plugin, PluginHost};
 
@@ -47,6 +49,7 @@ struct Agent {
     accepting: AtomicBool,
     /// Plugins in the plugin directory, by hash (advertised).
     on_disk: Mutex<BTreeSet<String>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -72,6 +75,12 @@ fn plugins_on_disk(dir: &std::path::Path) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A finished task: its output and what it cost.
+struct Done {
+    output: ContentId,
+    cost: TaskCost,
 }
 
 /// Why a task could not finish, and whether another try may succeed.
@@ -100,7 +109,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     std::fs::create_dir_all(config.plugin_dir())
         .with_context(|| format!("cannot create {}", config.plugin_dir().display()))?;
     let keypair = pixmesh_mesh::identity::load_or_create(&config.identity_path())?;
+    let metrics = Arc::new(AgentMetrics::new(&config.sandbox.metrics));
     let mut node_config = NodeConfig::new(keypair, VERSION);
+    node_config.metrics = Some(metrics.registry());
     node_config.listen = config.listen.clone();
     node_config.bootstrap = config.bootstrap.clone();
     node_config.mdns = config.mdns;
@@ -112,6 +123,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     for a in &addrs {
         say!("listening on {a}");
     }
+    if let Some(addr) = config.metrics_listen {
+        let bound = crate::metrics::serve(metrics.clone(), addr).await?;
+        say!("metrics on http://{bound}/metrics");
+    }
     say!("pixmesh-agent {} ready", node.peer_id());
     let agent = Arc::new(Agent {
         slots: Arc::new(Semaphore::new(config.concurrency)),
@@ -121,6 +136,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         running: Mutex::new(HashMap::new()),
         accepting: AtomicBool::new(true),
         on_disk: Mutex::new(plugins_on_disk(&config.plugin_dir())),
+        metrics,
         config,
     });
     for coordinator in agent.config.coordinators.clone() {
@@ -262,7 +278,7 @@ impl Agent {
                 Response::Ok
             }
             other => Response::Refused {
-                reason: format!("an agent does not take {:?} requests", kind(&other)),
+                reason: format!("an agent does not take {:?} requests", other.kind()),
             },
         }
     }
@@ -286,13 +302,24 @@ impl Agent {
         }
         let (task, attempt) = (a.task, a.attempt);
         let me = self.clone();
-        let handle = tokio::spawn(async move {
-            let outcome = me.work(coordinator, &a).await;
-            // Free the slot before reporting: the coordinator may answer the
-            // report by assigning the next task here at once.
-            drop(permit);
-            me.finish(coordinator, &a, outcome).await;
-        });
+        let span = tracing::info_span!(
+            "task",
+            job = a.job,
+            task = a.task,
+            attempt = a.attempt,
+            image = %a.name,
+            coordinator = %coordinator
+        );
+        let handle = tokio::spawn(
+            async move {
+                let outcome = me.work(coordinator, &a).await;
+                // Free the slot before reporting: the coordinator may answer
+                // the report by assigning the next task here at once.
+                drop(permit);
+                me.finish(coordinator, &a, outcome).await;
+            }
+            .instrument(span),
+        );
         running.insert(
             task,
             Running {
@@ -304,11 +331,7 @@ impl Agent {
     }
 
     /// Fetch, process, upload. Progress reports renew the lease meanwhile.
-    async fn work(
-        &self,
-        coordinator: PeerId,
-        a: &Assignment,
-    ) -> Result<(ContentId, f64, f64), TaskFailure> {
+    async fn work(&self, coordinator: PeerId, a: &Assignment) -> Result<Done, TaskFailure> {
         let progress = {
             let node = self.node.clone();
             let (task, attempt) = (a.task, a.attempt);
@@ -329,11 +352,7 @@ impl Agent {
         result
     }
 
-    async fn work_inner(
-        &self,
-        coordinator: PeerId,
-        a: &Assignment,
-    ) -> Result<(ContentId, f64, f64), TaskFailure> {
+    async fn work_inner(&self, coordinator: PeerId, a: &Assignment) -> Result<Done, TaskFailure> {
         let started = Instant::now();
         let mut set = PluginSet::new(self.host.clone());
         for (i, step) in a.spec.steps.iter().enumerate() {
@@ -367,6 +386,7 @@ impl Agent {
             _ => TaskFailure::retry(format!("cannot fetch the input: {e}")),
         })?;
         let fetch_ms = started.elapsed().as_secs_f64() * 1e3;
+        let input_len = input.len();
         let pipeline = Pipeline::with_plugins(a.spec.clone(), self.config.limits, set)
             .map_err(|e| TaskFailure::fatal(e.to_string()))?;
         let began = Instant::now();
@@ -391,12 +411,18 @@ impl Agent {
         )
         .await
         .map_err(|e| TaskFailure::retry(format!("cannot upload the output: {e}")))?;
-        tracing::debug!(
-            task = a.task,
-            upload_ms = pushed.elapsed().as_secs_f64() * 1e3,
-            "output uploaded"
-        );
-        Ok((output, fetch_ms, process_ms))
+        let upload_ms = pushed.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(task = a.task, upload_ms, "output uploaded");
+        Ok(Done {
+            output,
+            cost: TaskCost {
+                fetch_ms,
+                process_ms,
+                upload_ms,
+                bytes_in: input_len,
+                bytes_out: bytes.len(),
+            },
+        })
     }
 
     /// A plugin by hash: from memory, from the plugin directory, or fetched
@@ -443,21 +469,32 @@ impl Agent {
         &self,
         coordinator: PeerId,
         a: &Assignment,
-        outcome: Result<(ContentId, f64, f64), TaskFailure>,
+        outcome: Result<Done, TaskFailure>,
     ) {
         let request = match outcome {
-            Ok((output, fetch_ms, process_ms)) => {
-                tracing::info!(task = a.task, attempt = a.attempt, name = %a.name, fetch_ms, process_ms, "task done");
+            Ok(done) => {
+                tracing::info!(
+                    task = a.task,
+                    attempt = a.attempt,
+                    name = %a.name,
+                    fetch_ms = done.cost.fetch_ms,
+                    process_ms = done.cost.process_ms,
+                    upload_ms = done.cost.upload_ms,
+                    "task done"
+                );
+                self.metrics.done(&done.cost);
                 Request::Completed {
                     task: a.task,
                     attempt: a.attempt,
-                    output,
-                    fetch_ms,
-                    process_ms,
+                    output: done.output,
+                    fetch_ms: done.cost.fetch_ms,
+                    process_ms: done.cost.process_ms,
+                    upload_ms: Some(done.cost.upload_ms),
                 }
             }
             Err(f) => {
                 tracing::warn!(task = a.task, attempt = a.attempt, name = %a.name, reason = %f.reason, "task failed");
+                self.metrics.failed();
                 Request::Failed {
                     task: a.task,
                     attempt: a.attempt,
@@ -545,18 +582,5 @@ where
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-fn kind(r: &Request) -> &'static str {
-    match r {
-        Request::Hello { .. } => "hello",
-        Request::Heartbeat(_) => "heartbeat",
-        Request::Assign(_) => "assign",
-        Request::Revoke { .. } => "revoke",
-        Request::Progress { .. } => "progress",
-        Request::Completed { .. } => "completed",
-        Request::Failed { .. } => "failed",
-        Request::Bye => "bye",
     }
 }

@@ -40,5 +40,7 @@ macro_rules! say_err {
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod sandbox;

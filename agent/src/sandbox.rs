@@ -28,6 +28,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use wasmtime::{
     Config, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, ValType,
@@ -57,6 +60,61 @@ pub struct SandboxConfig {
     /// page-fault afresh on every image. Costs up to this much resident
     /// memory per slot once used.
     pub keep_resident_bytes: usize,
+    /// Counters by plugin; register them to export them.
+    pub metrics: PluginMetrics,
+}
+
+/// A plugin label: its hash.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PluginLabel {
+    /// BLAKE3 hash of the module.
+    pub plugin: String,
+}
+
+/// Per-plugin counters: instances created, traps (including the memory
+/// cap) and timeouts.
+#[derive(Debug, Clone, Default)]
+pub struct PluginMetrics {
+    instantiations: Family<PluginLabel, Counter>,
+    traps: Family<PluginLabel, Counter>,
+    timeouts: Family<PluginLabel, Counter>,
+}
+
+impl PluginMetrics {
+    /// Register under `pixmesh_plugin_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pixmesh_plugin_instantiations",
+            "Plugin instances created (one per call)",
+            self.instantiations.clone(),
+        );
+        registry.register(
+            "pixmesh_plugin_traps",
+            "Plugin calls that trapped or hit the memory cap",
+            self.traps.clone(),
+        );
+        registry.register(
+            "pixmesh_plugin_timeouts",
+            "Plugin calls stopped at their deadline",
+            self.timeouts.clone(),
+        );
+    }
+
+    fn observe<T>(&self, plugin: &Plugin, result: &Result<T, PluginError>) {
+        let label = PluginLabel {
+            plugin: plugin.hash.clone(),
+        };
+        self.instantiations.get_or_create(&label).inc();
+        match result {
+            Err(PluginError::Trap(_) | PluginError::MemoryLimit(_)) => {
+                self.traps.get_or_create(&label).inc();
+            }
+            Err(PluginError::Timeout(_)) => {
+                self.timeouts.get_or_create(&label).inc();
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Default for SandboxConfig {
@@ -70,6 +128,7 @@ impl Default for SandboxConfig {
                 .max(1),
             cache_dir: None,
             keep_resident_bytes: 64 << 20,
+            metrics: PluginMetrics::default(),
         }
     }
 }
@@ -417,6 +476,19 @@ impl PluginHost {
     /// Run the plugin on one frame in a fresh instance. The frame's buffer
     /// is reused for the output when the plugin keeps the dimensions.
     pub fn run(
+        &self,
+        plugin: &Plugin,
+        frame: RgbaFrame,
+        params: &BTreeMap<String, String>,
+        max_pixels: u64,
+    ) -> Result<RgbaFrame, PluginError> {
+        let _span = tracing::debug_span!("plugin", plugin = %plugin.hash).entered();
+        let result = self.run_once(plugin, frame, params, max_pixels);
+        self.config.metrics.observe(plugin, &result);
+        result
+    }
+
+    fn run_once(
         &self,
         plugin: &Plugin,
         frame: RgbaFrame,

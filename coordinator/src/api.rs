@@ -82,11 +82,16 @@ pub fn router(coordinator: Arc<Coordinator>, token: &str, info: Arc<Info>) -> Ro
         .route("/v1/jobs/{id}/results", get(archive))
         .route("/v1/jobs/{id}/results/{name}", get(result))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/throughput", get(throughput))
+        .route("/metrics", get(metrics))
         .route("/v1/plugins", post(deploy).get(plugins))
         .route("/v1/tokens", post(create_token).get(tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .layer(DefaultBodyLimit::max(MAX_SUBMIT_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // The dashboard's page holds no data: it asks for the token and
+        // reads everything through the authenticated API above.
+        .route("/", get(dashboard))
         .with_state(state)
 }
 
@@ -299,6 +304,62 @@ async fn archive(
             .into_response()),
         None => Err(not_found(format!("no job {id}"))),
     }
+}
+
+/// The dashboard: one self-contained page (no CDN, nothing fetched from
+/// elsewhere).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ThroughputQuery {
+    #[serde(default = "default_window")]
+    seconds: u64,
+    #[serde(default = "default_bucket")]
+    bucket: u64,
+}
+
+fn default_window() -> u64 {
+    300
+}
+
+fn default_bucket() -> u64 {
+    5
+}
+
+async fn throughput(
+    State(state): State<AppState>,
+    Query(q): Query<ThroughputQuery>,
+) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    Ok(Json(blocking(move || c.throughput(q.seconds, q.bucket)).await?).into_response())
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let c = state.coordinator.clone();
+    let text = blocking(move || c.render_metrics()).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn nodes(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -27,6 +27,16 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Log lines as readable text or as JSON objects (one per line).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        env = "PIXMESH_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: pixmesh_agent::logging::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -302,18 +312,13 @@ pub struct RunArgs {
 }
 
 /// Set up `tracing` to stderr; `RUST_LOG` wins over `-v`.
-pub fn init_tracing(verbose: u8) {
+pub fn init_tracing(verbose: u8, format: pixmesh_agent::logging::LogFormat) {
     let default = match verbose {
         0 => "warn,libp2p_kad=error",
         1 => "info,libp2p_kad=error",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    pixmesh_agent::logging::init(default, format);
 }
 
 /// Run a parsed command line; the exit code says how it went.

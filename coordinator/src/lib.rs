@@ -27,6 +27,7 @@ pub mod client;
 pub mod daemon;
 pub mod local;
 pub mod mesh;
+pub mod metrics;
 pub mod registry;
 pub mod scheduler;
 pub mod service;

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pixmesh::cli::Cli::parse();
-    pixmesh::cli::init_tracing(cli.verbose);
+    pixmesh::cli::init_tracing(cli.verbose, cli.log_format);
     match pixmesh::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -29,13 +29,16 @@ impl BlobService for Blobs {
         if !self.0.is_enrolled(&peer.to_string()) {
             return Err("not enrolled".into());
         }
-        self.0.blob(id).map_err(|e| format!("{e:#}"))
+        let bytes = self.0.blob(id).map_err(|e| format!("{e:#}"))?;
+        self.0.metrics().blob("out", bytes.len());
+        Ok(bytes)
     }
 
     fn put(&self, peer: &PeerId, _id: &ContentId, bytes: Vec<u8>) -> Result<(), String> {
         if !self.0.is_enrolled(&peer.to_string()) {
             return Err("not enrolled".into());
         }
+        self.0.metrics().blob("in", bytes.len());
         self.0
             .put_blob(&bytes)
             .map(|_| ())
@@ -62,6 +65,7 @@ pub async fn start(
     let mut config = NodeConfig::new(keypair, VERSION);
     config.listen = listen;
     config.mdns = mdns;
+    config.metrics = Some(coordinator.metrics().registry());
     let (node, events) = Node::start(config).context("cannot start the libp2p node")?;
     let mut control = node.stream_control();
     blob::serve(
@@ -87,10 +91,14 @@ async fn handle_events(coordinator: Arc<Coordinator>, mut events: mpsc::Receiver
                 responder,
             } => {
                 let c = coordinator.clone();
+                let span = tracing::debug_span!("request", %peer, kind = request.kind());
                 tokio::spawn(async move {
                     let peer = peer.to_string();
-                    let answer =
-                        tokio::task::spawn_blocking(move || c.on_request(&peer, request)).await;
+                    let answer = tokio::task::spawn_blocking(move || {
+                        let _span = span.entered();
+                        c.on_request(&peer, request)
+                    })
+                    .await;
                     match answer {
                         Ok(Ok(response)) => responder.send(response),
                         Ok(Err(e)) => {

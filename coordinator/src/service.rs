@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::blobs::BlobStore;
+use crate::metrics::Metrics;
 use crate::scheduler::{
     Action, Event, Health, JobId, JobStatus, Millis, NodeReport, Scheduler, SchedulerConfig,
     TaskId, TaskSpec,
@@ -158,6 +159,7 @@ pub struct Coordinator {
     lease_ms: u64,
     outbox: Mutex<Option<mpsc::UnboundedSender<Outbound>>>,
     plugin_host: OnceLock<Arc<PluginHost>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -166,6 +168,26 @@ impl std::fmt::Debug for Coordinator {
             .field("blobs", &self.blobs)
             .finish_non_exhaustive()
     }
+}
+
+/// Images finished over time, for the dashboard's chart.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Width of one bucket, seconds.
+    pub bucket_s: u64,
+    /// Buckets, oldest first; the last one is still filling.
+    pub points: Vec<ThroughputPoint>,
+}
+
+/// One bucket of [`Throughput`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputPoint {
+    /// Bucket start, Unix ms.
+    pub start_ms: f64,
+    /// Images finished in it.
+    pub images: u64,
+    /// Images per second.
+    pub per_second: f64,
 }
 
 /// One task as the API shows it.
@@ -273,6 +295,7 @@ impl Coordinator {
             lease_ms,
             outbox: Mutex::new(None),
             plugin_host: OnceLock::new(),
+            metrics: Metrics::new(),
         };
         Ok(coordinator)
     }
@@ -301,6 +324,7 @@ impl Coordinator {
         let now = self.now();
         let mut state = self.lock();
         let (job, tasks) = state.store.insert_job(spec, &inputs, now)?;
+        self.metrics.submitted(&tasks, crate::store::unix_ms());
         let plugins = plugin_ids(spec);
         let mut actions = Vec::new();
         // Largest first (LPT), as `pixmesh run` orders its work: the big
@@ -436,6 +460,7 @@ impl Coordinator {
                     node,
                     ..
                 } => {
+                    self.metrics.assigned(task, crate::store::unix_ms());
                     state.store.record_assigned(task, attempt, &node)?;
                     let row = state.store.task(task)?;
                     let spec = match &row {
@@ -464,14 +489,19 @@ impl Coordinator {
                 } => {
                     let id: ContentId = output.parse().map_err(anyhow::Error::msg)?;
                     state.store.record_done(task, attempt, &id)?;
+                    self.metrics.finished(task);
                 }
-                Action::GiveUp { task, reason } => state.store.record_failed(task, &reason)?,
+                Action::GiveUp { task, reason } => {
+                    state.store.record_failed(task, &reason)?;
+                    self.metrics.finished(task);
+                }
                 Action::Requeued {
                     task,
                     attempt,
                     reason,
                 } => {
                     state.store.record_requeued(task)?;
+                    self.metrics.requeued(task, crate::store::unix_ms());
                     tracing::info!(task, attempt, %reason, "task requeued");
                 }
                 Action::Revoke {
@@ -492,6 +522,7 @@ impl Coordinator {
                 } => {
                     tracing::warn!(task, attempt, peer = %node, "late result refused (fenced)");
                     state.store.record_fenced(task)?;
+                    self.metrics.fenced();
                 }
                 Action::NodeHealth { node, health } => {
                     tracing::info!(peer = %node, ?health, "agent health changed");
@@ -499,6 +530,19 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// The metrics, for the libp2p node and the blob server to add to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `/metrics`: the Prometheus text exposition.
+    pub fn render_metrics(&self) -> Result<String> {
+        let counts = self.lock().store.task_counts()?;
+        self.metrics
+            .render(&counts)
+            .map_err(|_| anyhow::anyhow!("cannot encode the metrics"))
     }
 
     /// Scheduler counters (reassignments, fenced results).
@@ -580,8 +624,11 @@ impl Coordinator {
                 task,
                 attempt,
                 output,
-                ..
+                fetch_ms,
+                process_ms,
+                upload_ms,
             } => {
+                self.metrics.task_times(fetch_ms, process_ms, upload_ms);
                 if !self.blobs.has(&output) {
                     return Ok(Response::Refused {
                         reason: format!("output {output} was not uploaded"),
@@ -685,6 +732,32 @@ impl Coordinator {
     }
 
     /// Every node seen, enrolled first.
+    /// Images finished per `bucket_s` seconds over the last `window_s`
+    /// seconds, oldest first, with empty buckets as zero.
+    pub fn throughput(&self, window_s: u64, bucket_s: u64) -> Result<Throughput> {
+        let bucket_s = bucket_s.clamp(1, 3600);
+        let window_s = window_s.clamp(bucket_s, 24 * 3600);
+        let bucket_ms = bucket_s * 1000;
+        let now = crate::store::unix_ms();
+        let first = ((now - window_s as f64 * 1e3) / bucket_ms as f64).floor() * bucket_ms as f64;
+        let counts = self.lock().store.finished_per_bucket(first, bucket_ms)?;
+        let mut points = Vec::new();
+        let mut t = first;
+        while t <= now {
+            let images = counts
+                .iter()
+                .find(|(b, _)| (*b - t).abs() < 0.5)
+                .map_or(0, |(_, n)| *n);
+            points.push(ThroughputPoint {
+                start_ms: t,
+                images,
+                per_second: images as f64 / bucket_s as f64,
+            });
+            t += bucket_ms as f64;
+        }
+        Ok(Throughput { bucket_s, points })
+    }
+
     pub fn nodes(&self) -> Result<Vec<NodeView>> {
         let state = self.lock();
         let mut out = Vec::new();

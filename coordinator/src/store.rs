@@ -286,6 +286,46 @@ impl Store {
         Ok(out)
     }
 
+    /// Tasks finished (done) per `bucket_ms` since `since_ms` (Unix ms):
+    /// (bucket start, count), oldest first, empty buckets left out.
+    pub fn finished_per_bucket(
+        &self,
+        since_ms: f64,
+        bucket_ms: u64,
+    ) -> Result<Vec<(f64, u64)>, StoreError> {
+        let bucket = bucket_ms.max(1) as f64;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT CAST(finished_ms / ?2 AS INTEGER) AS b, COUNT(*) FROM tasks
+                 WHERE state = 'done' AND finished_ms >= ?1 GROUP BY b ORDER BY b",
+            )
+            .ctx("preparing the throughput query")?;
+        let rows = stmt
+            .query_map(params![since_ms, bucket], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .ctx("querying throughput")?;
+        rows.map(|r| {
+            r.map(|(b, n)| (b as f64 * bucket, n as u64))
+                .ctx("reading throughput")
+        })
+        .collect()
+    }
+
+    /// Tasks per state.
+    pub fn task_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+            .ctx("preparing task counts")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .ctx("counting tasks")?;
+        rows.map(|r| r.map(|(s, n)| (s, n as u64)).ctx("reading task counts"))
+            .collect()
+    }
+
     /// Every job id, oldest first.
     pub fn job_ids(&self) -> Result<Vec<JobId>, StoreError> {
         let mut stmt = self

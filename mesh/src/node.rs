@@ -2,17 +2,21 @@
 //! cloneable [`Node`] handle.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::metrics::{Metrics, Recorder as _};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, ping, tcp, yamux};
 use pixmesh_protocol::wire::{self, Request, Response};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest QUIC datagram path MTU discovery may try.
@@ -55,6 +59,10 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// How long a control request may wait for its answer.
     pub request_timeout: Duration,
+    /// Where to register libp2p's metrics (bandwidth per protocol,
+    /// connections, identify, ping, Kademlia) and connected peers, under
+    /// the `libp2p_` and `pixmesh_` prefixes. None: not exported.
+    pub metrics: Option<Arc<Mutex<Registry>>>,
 }
 
 impl NodeConfig {
@@ -74,6 +82,7 @@ impl NodeConfig {
             agent_version: agent_version.into(),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(15),
+            metrics: None,
         }
     }
 }
@@ -189,7 +198,24 @@ impl Node {
     /// loop on the current tokio runtime. Events arrive on the receiver;
     /// the loop stops when every handle is dropped.
     pub fn start(config: NodeConfig) -> Result<(Node, mpsc::Receiver<NodeEvent>), MeshError> {
-        let mut swarm = build_swarm(&config)?;
+        // Without a registry to export to, metrics go to one of our own.
+        let registry = config
+            .metrics
+            .clone()
+            .unwrap_or_else(|| Arc::new(Mutex::new(Registry::default())));
+        let mut guard = registry
+            .lock()
+            .map_err(|_| MeshError::Transport("the metrics registry is poisoned".into()))?;
+        let connected = Gauge::default();
+        guard.register(
+            "pixmesh_connected_peers",
+            "Peers with at least one open connection",
+            connected.clone(),
+        );
+        // libp2p-metrics names its own metrics `libp2p_*`.
+        let mut swarm = build_swarm(&config, &mut guard)?;
+        let metrics = Metrics::new(&mut guard);
+        drop(guard);
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -214,6 +240,8 @@ impl Node {
             events: event_tx,
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
+            metrics,
+            connected,
         };
         tokio::spawn(event_loop.run());
         Ok((
@@ -291,7 +319,10 @@ impl Node {
     }
 }
 
-fn build_swarm(config: &NodeConfig) -> Result<Swarm<Behaviour>, MeshError> {
+fn build_swarm(
+    config: &NodeConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, MeshError> {
     let transport_err = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
     let mdns_on = config.mdns;
     let agent_version = config.agent_version.clone();
@@ -311,6 +342,7 @@ fn build_swarm(config: &NodeConfig) -> Result<Swarm<Behaviour>, MeshError> {
         .with_quic_config(|c| c.mtu_upper_bound(MTU_UPPER_BOUND))
         .with_dns()
         .map_err(|e| transport_err(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(move |key| {
             let peer = key.public().to_peer_id();
             let mdns = if mdns_on {
@@ -362,6 +394,8 @@ struct EventLoop {
     events: mpsc::Sender<NodeEvent>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, MeshError>>>,
     listen_addrs: Vec<Multiaddr>,
+    metrics: Metrics,
+    connected: Gauge,
 }
 
 impl EventLoop {
@@ -424,6 +458,14 @@ impl EventLoop {
     }
 
     async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        if matches!(
+            event,
+            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. }
+        ) {
+            self.connected
+                .set(self.swarm.connected_peers().count() as i64);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
@@ -470,6 +512,12 @@ impl EventLoop {
     }
 
     async fn behaviour_event(&mut self, event: BehaviourEvent) {
+        match &event {
+            BehaviourEvent::Identify(e) => self.metrics.record(e),
+            BehaviourEvent::Ping(e) => self.metrics.record(e),
+            BehaviourEvent::Kad(e) => self.metrics.record(e),
+            _ => {}
+        }
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != wire::IDENTIFY_PROTOCOL {

@@ -107,6 +107,9 @@ pub enum Request {
         fetch_ms: f64,
         /// Milliseconds spent in the pipeline.
         process_ms: f64,
+        /// Milliseconds spent uploading the output (absent from older agents).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upload_ms: Option<f64>,
     },
     /// Agent → coordinator: could not finish.
     Failed {
@@ -122,6 +125,22 @@ pub enum Request {
     /// Agent → coordinator: shutting down. The coordinator requeues every
     /// task the agent holds at once and gives it no more.
     Bye,
+}
+
+impl Request {
+    /// The message's name, as in its `type` tag (for logs and spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Heartbeat(_) => "heartbeat",
+            Request::Assign(_) => "assign",
+            Request::Revoke { .. } => "revoke",
+            Request::Progress { .. } => "progress",
+            Request::Completed { .. } => "completed",
+            Request::Failed { .. } => "failed",
+            Request::Bye => "bye",
+        }
+    }
 }
 
 /// The answer to a [`Request`].

@@ -11,6 +11,7 @@ mod bad_inputs;
 mod corpus;
 mod engine;
 mod mesh;
+mod observability;
 mod plugins;
 mod spec_errors;
 mod testnet;

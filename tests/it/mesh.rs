@@ -88,6 +88,20 @@ impl Mesh {
 
     /// Start an agent; returns its peer id.
     pub fn add_agent(&mut self, name: &str, token: Option<&str>, concurrency: usize) -> String {
+        self.add_agent_with(name, token, concurrency, &[], Stdio::null())
+            .0
+    }
+
+    /// Start an agent with extra arguments and its stderr going to
+    /// `stderr`; its peer id and the banner it printed.
+    pub fn add_agent_with(
+        &mut self,
+        name: &str,
+        token: Option<&str>,
+        concurrency: usize,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> (String, Vec<String>) {
         let data = self.dir.path().join(name);
         let mut cmd = pixmesh_agent();
         cmd.args([
@@ -100,8 +114,9 @@ impl Mesh {
         .args(["--concurrency", &concurrency.to_string()])
         .arg("--data-dir")
         .arg(&data)
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(stderr);
         if let Some(t) = token {
             cmd.args(["--join-token", t]);
         }
@@ -119,7 +134,7 @@ impl Mesh {
             .collect();
         self.agent_addrs.push((peer.clone(), addrs));
         self.agents.push((peer.clone(), child));
-        peer
+        (peer, lines)
     }
 
     /// The data directory of agent `i`.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pixmesh_agent::sandbox::{PluginError, PluginHost, RgbaFrame, SandboxConfig};
+use pixmesh_agent::sandbox::{PluginError, PluginHost, PluginMetrics, RgbaFrame, SandboxConfig};
 
 use crate::helpers::*;
 
@@ -17,12 +17,17 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 const MEMORY: usize = 64 << 20;
 
 fn host() -> PluginHost {
+    host_counting(PluginMetrics::default())
+}
+
+fn host_counting(metrics: PluginMetrics) -> PluginHost {
     PluginHost::new(SandboxConfig {
         max_memory_bytes: MEMORY,
         timeout: TIMEOUT,
         max_instances: 4,
         cache_dir: None,
         keep_resident_bytes: 0,
+        metrics,
     })
     .expect("host")
 }
@@ -95,7 +100,9 @@ fn still_healthy(host: &PluginHost) {
 
 #[test]
 fn hostile_plugins_are_stopped_and_the_host_carries_on() {
-    let host = host();
+    let metrics = PluginMetrics::default();
+    let host = host_counting(metrics.clone());
+    let mut hashes = BTreeMap::new();
     let big = frame(64, 64, [1, 2, 3, 255]);
     let none = BTreeMap::new();
     type Expect = fn(&PluginError) -> bool;
@@ -140,6 +147,7 @@ fn hostile_plugins_are_stopped_and_the_host_carries_on() {
         let plugin = host
             .load(wat(body, true, 1, "").as_bytes())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
+        hashes.insert(what, plugin.hash().to_owned());
         let start = Instant::now();
         let err = host
             .run(&plugin, big.clone(), &none, 1 << 20)
@@ -155,6 +163,32 @@ fn hostile_plugins_are_stopped_and_the_host_carries_on() {
         }
         still_healthy(&host);
     }
+    // Counted by plugin for /metrics: each of these ran twice (the dry run
+    // at load, then the image), and failed once.
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    for (what, kind) in [
+        ("infinite loop", "timeouts"),
+        ("memory.grow bomb", "traps"),
+        ("trap", "traps"),
+    ] {
+        let hash = &hashes[what];
+        for line in [
+            format!("pixmesh_plugin_{kind}_total{{plugin=\"{hash}\"}} 1"),
+            format!("pixmesh_plugin_instantiations_total{{plugin=\"{hash}\"}} 2"),
+        ] {
+            assert!(text.contains(&line), "{what}: no `{line}` in\n{text}");
+        }
+    }
+    let loop_hash = &hashes["infinite loop"];
+    assert!(
+        !text.contains(&format!(
+            "pixmesh_plugin_traps_total{{plugin=\"{loop_hash}\"}}"
+        )),
+        "a timeout is not a trap"
+    );
 }
 
 #[test]
@@ -391,6 +425,7 @@ fn compiled_code_is_cached_by_hash_and_a_bad_cache_entry_is_recompiled() {
         max_instances: 2,
         cache_dir: Some(cache.path().to_path_buf()),
         keep_resident_bytes: 0,
+        ..SandboxConfig::default()
     };
     let bytes = wasm("invert");
     let hash = blake3_hex(&bytes);
@@ -459,6 +494,7 @@ fn instances_are_bounded() {
         max_instances: 1,
         cache_dir: None,
         keep_resident_bytes: 0,
+        ..SandboxConfig::default()
     })
     .expect("host");
     let plugin = host

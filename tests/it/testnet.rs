@@ -297,7 +297,8 @@ fn a_sigkilled_agent_costs_time_not_data() {
 fn a_sigkilled_coordinator_loses_no_acknowledged_job() {
     let net = Testnet::up(2, false);
     let photos = inputs(10);
-    let (first, second) = photos.split_at(6);
+    // Two jobs (six sample photos where the shared corpus is missing).
+    let (first, second) = photos.split_at(photos.len() / 2);
     let a = net.submit(first);
     let b = net.submit(second);
     net.until(a, Duration::from_secs(60), "some work done", |v| {
