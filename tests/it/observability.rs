@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 use crate::mesh::Mesh;
+use crate::testnet::Testnet;
 
 fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
     let client = reqwest::blocking::Client::new();
@@ -219,16 +220,13 @@ fn dom(browser: &Path, profile: &Path, url: &str) -> String {
 
 #[test]
 fn the_dashboard_shows_every_agent_and_a_job_reaching_100_percent() {
-    let mesh = Mesh::start(2, 1);
+    let net = Testnet::up(2, false);
     // The page itself holds no data; the data needs the token.
-    let (status, page) = http_get(&format!("{}/", mesh.base), None);
+    let (status, page) = http_get(&format!("{}/", net.api), None);
     assert_eq!(status, 200);
     assert!(page.contains("<title>pixmesh</title>"));
     assert!(!page.contains("src=\"http"), "no external scripts");
-    assert_eq!(
-        http_get(&format!("{}/v1/throughput", mesh.base), None).0,
-        401
-    );
+    assert_eq!(http_get(&format!("{}/v1/throughput", net.api), None).0, 401);
 
     let Some(browser) = chromium() else {
         eprintln!("SKIPPED: the browser half needs Debian's chromium (apt-get install chromium)");
@@ -236,24 +234,42 @@ fn the_dashboard_shows_every_agent_and_a_job_reaching_100_percent() {
     };
     let profile = tempfile::tempdir().expect("profile");
     // Without a token: the login form.
-    let html = dom(&browser, profile.path(), &format!("{}/", mesh.base));
+    let html = dom(&browser, profile.path(), &format!("{}/", net.api));
     assert!(html.contains("<div id=\"login\">"), "{html}");
     // With a wrong one: told so.
     let html = dom(
         &browser,
         profile.path(),
-        &format!("{}/#token=wrong", mesh.base),
+        &format!("{}/#token=wrong", net.api),
     );
     assert!(html.contains("That token was refused."), "{html}");
 
-    let inputs = job_inputs(&mesh.dir.path().join("in"), 6);
-    let job = submit_and_wait(&mesh, "orient | resize 640 | webp q=70", &inputs);
-    let url = format!("{}/#token={}", mesh.base, mesh.api_token);
+    // A job over the photos and a file that is not an image, watched while
+    // it runs and after it finished.
+    let inputs = job_inputs(&net.dir.path().join("in"), 6);
+    let out = run(net
+        .cli()
+        .args([
+            "submit",
+            "--json",
+            "--steps",
+            "orient | resize 640 | webp q=70",
+        ])
+        .args(&inputs));
+    assert!(out.status.success(), "submit: {}", stderr(&out));
+    let job = serde_json::from_slice::<Value>(&out.stdout).expect("submit JSON")["job"]
+        .as_u64()
+        .expect("job id");
+    let url = format!("{}/#token={}", net.api, net.token);
     let html = dom(&browser, profile.path(), &url);
-    for (peer, _) in &mesh.agents {
+    assert!(html.contains(&format!("data-job=\"{job}\"")), "{html}");
+    net.finished(job);
+    let html = dom(&browser, profile.path(), &url);
+    for agent in ["agent-1", "agent-2"] {
+        let peer = net.peer(agent);
         assert!(
             html.contains(&format!("data-peer=\"{peer}\"")),
-            "agent {peer} missing from\n{html}"
+            "{agent} ({peer}) missing from\n{html}"
         );
     }
     let at = html

@@ -20,10 +20,10 @@ use crate::helpers::*;
 const STEPS: &str = "orient | resize 2400 | sharpen 1.2 | jpeg q=90";
 
 /// A testnet in a temporary directory, brought down on drop.
-struct Testnet {
-    dir: tempfile::TempDir,
-    api: String,
-    token: String,
+pub struct Testnet {
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    pub token: String,
 }
 
 impl Drop for Testnet {
@@ -55,7 +55,7 @@ fn is_root() -> bool {
 }
 
 impl Testnet {
-    fn up(agents: usize, netns: bool) -> Testnet {
+    pub fn up(agents: usize, netns: bool) -> Testnet {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut net = Testnet {
             dir,
@@ -82,7 +82,7 @@ impl Testnet {
         net
     }
 
-    fn testnet(&self, args: &[&str]) -> Command {
+    pub fn testnet(&self, args: &[&str]) -> Command {
         let mut c = pixmesh();
         c.arg("testnet")
             .args(args)
@@ -92,18 +92,18 @@ impl Testnet {
     }
 
     /// Run a `pixmesh testnet` command that must succeed.
-    fn must(&self, args: &[&str]) -> String {
+    pub fn must(&self, args: &[&str]) -> String {
         let out = run(&mut self.testnet(args));
         assert!(out.status.success(), "testnet {args:?}: {}", stderr(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn status(&self) -> Value {
+    pub fn status(&self) -> Value {
         serde_json::from_str(&self.must(&["status", "--json"])).expect("status JSON")
     }
 
     /// A node's peer id.
-    fn peer(&self, name: &str) -> String {
+    pub fn peer(&self, name: &str) -> String {
         self.status()["nodes"]
             .as_array()
             .expect("nodes")
@@ -114,7 +114,7 @@ impl Testnet {
             .to_owned()
     }
 
-    fn cli(&self) -> Command {
+    pub fn cli(&self) -> Command {
         let mut c = pixmesh();
         c.env("PIXMESH_COORDINATOR", &self.api)
             .env("PIXMESH_TOKEN", &self.token)
@@ -122,7 +122,7 @@ impl Testnet {
         c
     }
 
-    fn submit(&self, inputs: &[PathBuf]) -> u64 {
+    pub fn submit(&self, inputs: &[PathBuf]) -> u64 {
         let out = run(self
             .cli()
             .args(["submit", "--json", "--steps", STEPS])
@@ -133,7 +133,7 @@ impl Testnet {
     }
 
     /// `pixmesh status JOB --json`, or None while the coordinator is down.
-    fn job(&self, job: u64) -> Option<Value> {
+    pub fn job(&self, job: u64) -> Option<Value> {
         let out = run(self.cli().args(["status", &job.to_string(), "--json"]));
         out.status
             .success()
@@ -141,7 +141,7 @@ impl Testnet {
     }
 
     /// Poll a job until `done` says so; the last view.
-    fn until(
+    pub fn until(
         &self,
         job: u64,
         within: Duration,
@@ -165,7 +165,7 @@ impl Testnet {
         }
     }
 
-    fn finished(&self, job: u64) -> Value {
+    pub fn finished(&self, job: u64) -> Value {
         self.until(job, Duration::from_secs(120), "job finished", |v| {
             v["queued"] == 0 && v["running"] == 0
         })
@@ -173,7 +173,7 @@ impl Testnet {
 
     /// Every input done exactly once, and the downloaded results byte-
     /// identical to `pixmesh run` over the same inputs.
-    fn check_results(&self, job: u64, inputs: &[PathBuf]) {
+    pub fn check_results(&self, job: u64, inputs: &[PathBuf]) {
         let view = self.finished(job);
         let tasks = view["tasks"].as_array().expect("tasks");
         assert_eq!(tasks.len(), inputs.len(), "{view:#}");
