@@ -52,10 +52,9 @@ pub enum Command {
     /// the input's name (directories keep their structure) with the output
     /// format's extension. A failed image is reported with its reason and the
     /// rest still run; the exit status is 1 if any failed.
-    ///
-    /// Examples:
-    ///   pixmesh run --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ -o out/
-    ///   pixmesh run --pipeline spec.json a.jpg b.png -o out/ --json
+    #[command(after_help = "Examples:
+  pixmesh run --steps \"orient | resize 800x600 fit=cover | webp q=80\" photos/ -o out/
+  pixmesh run --pipeline spec.json a.jpg b.png -o out/ --json")]
     Run(RunArgs),
     /// Run the coordinator daemon: durable job store, the HTTP API for the
     /// CLI, and the libp2p node agents enrol with and take tasks from.
@@ -65,10 +64,9 @@ pub enum Command {
     /// token create`. It prints its mesh addresses for agents' --bootstrap.
     Coordinator(crate::daemon::CoordinatorArgs),
     /// Submit a job to the coordinator: a pipeline and images.
-    ///
-    /// Examples:
-    ///   pixmesh submit --steps "orient | resize 800x600 fit=cover | webp q=80" photos/ --wait
-    ///   pixmesh submit --pipeline spec.toml a.jpg b.png --json
+    #[command(after_help = "Examples:
+  pixmesh submit --steps \"orient | resize 800x600 fit=cover | webp q=80\" photos/ --wait
+  pixmesh submit --pipeline spec.toml a.jpg b.png --json")]
     Submit(crate::client::SubmitArgs),
     /// Show a job: counts, why it waits, and every image with its state.
     Status {
@@ -119,13 +117,14 @@ pub enum Command {
     Plugin(PluginCommand),
     /// A local testnet: a coordinator and agents as background processes on
     /// this machine, with commands to kill, restart and partition them.
-    ///
-    /// Examples:
-    ///   pixmesh testnet demo                # start, process sample photos, stop
-    ///   pixmesh testnet up --agents 3       # then: eval "$(pixmesh testnet env)"
-    ///   pixmesh testnet kill agent-2
-    ///   pixmesh testnet down
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  pixmesh testnet demo                # start, process the sample photos, stop
+  pixmesh testnet up --agents 3       # then: eval \"$(pixmesh testnet env)\"
+  pixmesh testnet kill agent-2
+  pixmesh testnet down"
+    )]
     Testnet(crate::testnet::TestnetCommand),
     /// Benchmark pixmesh against vipsthumbnail and ImageMagick on the same photos.
     ///
