@@ -363,7 +363,11 @@ impl Coordinator {
         }
         let actions = state.scheduler.handle(now, Event::CancelJob(job));
         self.apply(&mut state, actions)?;
-        Ok(Some(state.store.cancel_job(job)?))
+        let cancelled = state.store.cancel_job(job)?;
+        for row in state.store.job_tasks(job)? {
+            self.metrics.finished(row.id);
+        }
+        Ok(Some(cancelled))
     }
 
     /// A job's status, or None if unknown.

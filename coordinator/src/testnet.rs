@@ -237,7 +237,8 @@ impl State {
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    fn node(&self, name: &str) -> Result<usize> {
+    /// The index of node `name`, or an error listing the nodes there are.
+    pub fn node(&self, name: &str) -> Result<usize> {
         self.nodes
             .iter()
             .position(|n| n.name == name)

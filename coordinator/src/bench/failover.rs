@@ -103,7 +103,7 @@ fn measure(
                     Some((node.name.clone(), t["name"].as_str()?.to_owned()))
                 })
         })?;
-        let victim_peer = state.nodes[state_index(state, &victim)?].peer.clone();
+        let victim_peer = state.nodes[state.node(&victim)?].peer.clone();
         testnet::kill_node(dir, &victim)?;
         let killed = Instant::now();
         poll(&client, job, |v| {
@@ -156,14 +156,6 @@ fn measure(
         "duplicates": duplicates,
         "late_results_refused": fenced,
     }))
-}
-
-fn state_index(state: &State, name: &str) -> Result<usize> {
-    state
-        .nodes
-        .iter()
-        .position(|n| n.name == name)
-        .with_context(|| format!("no node {name}"))
 }
 
 fn submit(client: &Client, spec: &pixmesh_protocol::JobSpec, inputs: &[PathBuf]) -> Result<u64> {
