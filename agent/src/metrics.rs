@@ -25,8 +25,66 @@ pub struct OutcomeLabel {
 /// A transfer direction.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
-    /// `in` (inputs fetched) or `out` (outputs uploaded).
+    /// `in` or `out`, as the metric's help says for its side.
     pub direction: &'static str,
+}
+
+/// The content type of the text exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A histogram of seconds from 1 ms to about 4.5 minutes.
+pub fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 19))
+}
+
+/// The text exposition of `registry`.
+pub fn encode(registry: &Mutex<Registry>) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    let registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Where a finished task's time went: `task_fetch_seconds`,
+/// `task_process_seconds` and `task_upload_seconds`, on the agent that ran
+/// it and (as reported) on the coordinator.
+#[derive(Debug, Clone)]
+pub struct TaskTimes {
+    fetch: Histogram,
+    process: Histogram,
+    upload: Histogram,
+}
+
+impl TaskTimes {
+    /// The three histograms, registered in `r`.
+    pub fn register(r: &mut Registry) -> TaskTimes {
+        let t = TaskTimes {
+            fetch: seconds_histogram(),
+            process: seconds_histogram(),
+            upload: seconds_histogram(),
+        };
+        for (name, help, h) in [
+            (
+                "task_fetch",
+                "Time fetching a task's input and plugins",
+                &t.fetch,
+            ),
+            ("task_process", "Time running a task's pipeline", &t.process),
+            ("task_upload", "Time uploading a task's output", &t.upload),
+        ] {
+            r.register_with_unit(name, help, Unit::Seconds, h.clone());
+        }
+        t
+    }
+
+    /// One task's times, in milliseconds (upload unknown from older agents).
+    pub fn observe(&self, fetch_ms: f64, process_ms: f64, upload_ms: Option<f64>) {
+        self.fetch.observe(fetch_ms.max(0.0) / 1e3);
+        self.process.observe(process_ms.max(0.0) / 1e3);
+        if let Some(u) = upload_ms {
+            self.upload.observe(u.max(0.0) / 1e3);
+        }
+    }
 }
 
 /// What one finished task cost.
@@ -44,18 +102,12 @@ pub struct TaskCost {
     pub bytes_out: usize,
 }
 
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 19))
-}
-
 /// Everything the agent exports.
 #[derive(Debug)]
 pub struct AgentMetrics {
     registry: Arc<Mutex<Registry>>,
     tasks: Family<OutcomeLabel, Counter>,
-    fetch: Histogram,
-    process: Histogram,
-    upload: Histogram,
+    times: TaskTimes,
     bytes: Family<DirectionLabel, Counter>,
 }
 
@@ -64,42 +116,23 @@ impl AgentMetrics {
     pub fn new(plugins: &PluginMetrics) -> AgentMetrics {
         let mut root = Registry::default();
         plugins.register(&mut root);
-        let m = AgentMetrics {
-            registry: Arc::new(Mutex::new(Registry::default())),
-            tasks: Family::default(),
-            fetch: seconds(),
-            process: seconds(),
-            upload: seconds(),
-            bytes: Family::default(),
-        };
         let r = root.sub_registry_with_prefix("pixmesh_agent");
-        r.register("tasks", "Tasks finished here, by outcome", m.tasks.clone());
-        r.register_with_unit(
-            "task_fetch",
-            "Time fetching a task's input and plugins",
-            Unit::Seconds,
-            m.fetch.clone(),
-        );
-        r.register_with_unit(
-            "task_process",
-            "Time running a task's pipeline",
-            Unit::Seconds,
-            m.process.clone(),
-        );
-        r.register_with_unit(
-            "task_upload",
-            "Time uploading a task's output",
-            Unit::Seconds,
-            m.upload.clone(),
-        );
+        let tasks = Family::default();
+        r.register("tasks", "Tasks finished here, by outcome", tasks.clone());
+        let times = TaskTimes::register(r);
+        let bytes = Family::default();
         r.register_with_unit(
             "blob_transferred",
             "Image bytes moved (in: inputs fetched; out: outputs uploaded)",
             Unit::Bytes,
-            m.bytes.clone(),
+            bytes.clone(),
         );
-        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = root;
-        m
+        AgentMetrics {
+            registry: Arc::new(Mutex::new(root)),
+            tasks,
+            times,
+            bytes,
+        }
     }
 
     /// The registry, for the libp2p node to add its metrics to.
@@ -112,9 +145,8 @@ impl AgentMetrics {
         self.tasks
             .get_or_create(&OutcomeLabel { outcome: "done" })
             .inc();
-        self.fetch.observe(cost.fetch_ms / 1e3);
-        self.process.observe(cost.process_ms / 1e3);
-        self.upload.observe(cost.upload_ms / 1e3);
+        self.times
+            .observe(cost.fetch_ms, cost.process_ms, Some(cost.upload_ms));
         self.bytes
             .get_or_create(&DirectionLabel { direction: "in" })
             .inc_by(cost.bytes_in as u64);
@@ -132,12 +164,7 @@ impl AgentMetrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
-            out = "# metrics could not be encoded\n".into();
-        }
-        out
+        encode(&self.registry).unwrap_or_else(|_| "# metrics could not be encoded\n".into())
     }
 }
 
@@ -153,15 +180,7 @@ pub async fn serve(metrics: Arc<AgentMetrics>, addr: SocketAddr) -> Result<Socke
         "/metrics",
         get(move || {
             let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.render(),
-                )
-            }
+            async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.render()) }
         }),
     );
     tokio::spawn(async move {

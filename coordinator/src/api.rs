@@ -232,9 +232,17 @@ async fn read_submit(form: &mut Multipart) -> Result<(JobSpec, Images), ApiError
     Ok((spec, images))
 }
 
-async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let c = state.coordinator.clone();
-    Ok(Json(blocking(move || c.jobs()).await?).into_response())
+    Ok(Json(blocking(move || c.jobs(q.limit)).await?).into_response())
 }
 
 async fn status(
@@ -353,10 +361,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let c = state.coordinator.clone();
     let text = blocking(move || c.render_metrics()).await?;
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, pixmesh_agent::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response())

@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use pixmesh_agent::metrics::{DirectionLabel, TaskTimes, encode, seconds_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::scheduler::TaskId;
@@ -22,27 +23,13 @@ pub struct StateLabel {
     pub state: String,
 }
 
-/// A transfer direction label.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
-    /// `in` (uploads to the coordinator) or `out` (served to agents).
-    pub direction: &'static str,
-}
-
-/// Seconds from 1 ms to about 4.5 minutes.
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 19))
-}
-
 /// Everything the coordinator exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     tasks: Family<StateLabel, Gauge>,
     queue: Histogram,
-    fetch: Histogram,
-    process: Histogram,
-    upload: Histogram,
+    times: TaskTimes,
     blob_bytes: Family<DirectionLabel, Counter>,
     reassignments: Counter,
     late_results: Counter,
@@ -62,71 +49,49 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut root = Registry::default();
         let r = root.sub_registry_with_prefix("pixmesh");
-        let m = Metrics {
-            registry: Arc::new(Mutex::new(Registry::default())),
-            tasks: Family::default(),
-            queue: seconds(),
-            fetch: seconds(),
-            process: seconds(),
-            upload: seconds(),
-            blob_bytes: Family::default(),
-            reassignments: Counter::default(),
-            late_results: Counter::default(),
-            jobs: Counter::default(),
-            queued_since: Mutex::new(HashMap::new()),
-        };
-        r.register(
-            "tasks",
-            "Tasks by state (from the database)",
-            m.tasks.clone(),
-        );
+        let tasks = Family::default();
+        r.register("tasks", "Tasks by state (from the database)", tasks.clone());
+        let queue = seconds_histogram();
         r.register_with_unit(
             "task_queue",
             "Time from entering the queue to being assigned",
             Unit::Seconds,
-            m.queue.clone(),
+            queue.clone(),
         );
-        r.register_with_unit(
-            "task_fetch",
-            "Time an agent spent fetching a task's input and plugins",
-            Unit::Seconds,
-            m.fetch.clone(),
-        );
-        r.register_with_unit(
-            "task_process",
-            "Time an agent spent running a task's pipeline",
-            Unit::Seconds,
-            m.process.clone(),
-        );
-        r.register_with_unit(
-            "task_upload",
-            "Time an agent spent uploading a task's output",
-            Unit::Seconds,
-            m.upload.clone(),
-        );
+        // As agents report them.
+        let times = TaskTimes::register(r);
+        let blob_bytes = Family::default();
         r.register_with_unit(
             "blob_transferred",
             "Blob bytes moved over the mesh (in: uploaded by agents; out: served to agents)",
             Unit::Bytes,
-            m.blob_bytes.clone(),
+            blob_bytes.clone(),
         );
+        let reassignments = Counter::default();
         r.register(
             "task_reassignments",
             "Tasks queued again after an agent died or left, a lease expired or a retryable failure",
-            m.reassignments.clone(),
+            reassignments.clone(),
         );
+        let late_results = Counter::default();
         r.register(
             "late_results_refused",
             "Results and failures for a superseded attempt, refused by fencing",
-            m.late_results.clone(),
+            late_results.clone(),
         );
-        r.register("jobs_submitted", "Jobs accepted", m.jobs.clone());
-        *m.lock() = root;
-        m
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+        let jobs = Counter::default();
+        r.register("jobs_submitted", "Jobs accepted", jobs.clone());
+        Metrics {
+            registry: Arc::new(Mutex::new(root)),
+            tasks,
+            queue,
+            times,
+            blob_bytes,
+            reassignments,
+            late_results,
+            jobs,
+            queued_since: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The registry, for the libp2p node to add its metrics to.
@@ -174,11 +139,7 @@ impl Metrics {
 
     /// An agent reported where a finished task's time went.
     pub fn task_times(&self, fetch_ms: f64, process_ms: f64, upload_ms: Option<f64>) {
-        self.fetch.observe(fetch_ms.max(0.0) / 1e3);
-        self.process.observe(process_ms.max(0.0) / 1e3);
-        if let Some(u) = upload_ms {
-            self.upload.observe(u.max(0.0) / 1e3);
-        }
+        self.times.observe(fetch_ms, process_ms, upload_ms);
     }
 
     /// Blob bytes moved.
@@ -206,8 +167,6 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.lock())?;
-        Ok(out)
+        encode(&self.registry)
     }
 }

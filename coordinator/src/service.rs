@@ -413,11 +413,11 @@ impl Coordinator {
         }))
     }
 
-    /// Every job, newest first.
-    pub fn jobs(&self) -> Result<Vec<JobView>> {
+    /// Jobs, newest first (the newest `limit` when given).
+    pub fn jobs(&self, limit: Option<usize>) -> Result<Vec<JobView>> {
         let ids = self.lock().store.job_ids()?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids.into_iter().rev() {
+        for id in ids.into_iter().rev().take(limit.unwrap_or(usize::MAX)) {
             if let Some(view) = self.job(id)? {
                 out.push(view);
             }

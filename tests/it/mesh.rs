@@ -178,6 +178,22 @@ impl Mesh {
         }
     }
 
+    /// Deploy the example plugin `name` (built by plugins/build.sh) under
+    /// that name; its file and BLAKE3 hash.
+    pub fn deploy(&self, name: &str) -> (PathBuf, String) {
+        let wasm = dist().join(format!("{name}.wasm"));
+        let out = run(self
+            .cli()
+            .args(["plugin", "deploy"])
+            .arg(&wasm)
+            .args(["--name", name]));
+        assert!(out.status.success(), "deploy: {}", stderr(&out));
+        let hash = blake3::hash(&std::fs::read(&wasm).expect("wasm"))
+            .to_hex()
+            .to_string();
+        (wasm, hash)
+    }
+
     /// `pixmesh status JOB --json`.
     pub fn job(&self, job: u64) -> Value {
         let out = run(self.cli().args(["status", &job.to_string(), "--json"]));
@@ -186,7 +202,13 @@ impl Mesh {
     }
 }
 
-fn submit(mesh: &Mesh, steps: &str, inputs: &[PathBuf], wait: bool) -> (u64, std::process::Output) {
+/// `pixmesh submit --json`: the job id and the command's output.
+pub fn submit(
+    mesh: &Mesh,
+    steps: &str,
+    inputs: &[PathBuf],
+    wait: bool,
+) -> (u64, std::process::Output) {
     let mut cmd = mesh.cli();
     cmd.args(["submit", "--json", "--steps", steps])
         .args(inputs);
@@ -218,13 +240,7 @@ fn a_job_with_a_plugin_runs_across_agents_byte_identical_to_pixmesh_run() {
     let refused = mesh.add_agent("stranger", Some("pmj_not-a-token"), 2);
     let pending = mesh.add_agent("newcomer", None, 2);
 
-    let sepia = dist().join("sepia.wasm");
-    let out = run(mesh
-        .cli()
-        .args(["plugin", "deploy"])
-        .arg(&sepia)
-        .args(["--name", "sepia"]));
-    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    let (sepia, hash) = mesh.deploy("sepia");
     // A broken plugin is refused at deploy with the reason.
     let junk = mesh.dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").expect("write");
@@ -291,9 +307,6 @@ fn a_job_with_a_plugin_runs_across_agents_byte_identical_to_pixmesh_run() {
     );
 
     // Agents that ran the job fetched the plugin they did not have.
-    let hash = blake3::hash(&std::fs::read(&sepia).expect("wasm"))
-        .to_hex()
-        .to_string();
     let fetched = (0..3)
         .filter(|i| {
             mesh.agent_dir(*i)

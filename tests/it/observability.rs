@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, submit};
 use crate::testnet::Testnet;
 
 fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
@@ -54,16 +54,6 @@ fn job_inputs(dir: &Path, n: usize) -> Vec<PathBuf> {
     v
 }
 
-fn submit_and_wait(mesh: &Mesh, steps: &str, inputs: &[PathBuf]) -> u64 {
-    let out = run(mesh
-        .cli()
-        .args(["submit", "--json", "--wait", "--steps", steps])
-        .args(inputs));
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("submit JSON ({e}): {}", stderr(&out)));
-    v["id"].as_u64().or(v["job"].as_u64()).expect("job id")
-}
-
 #[test]
 fn metrics_and_json_logs_describe_the_work() {
     let mut mesh = Mesh::start(0, 1);
@@ -83,18 +73,14 @@ fn metrics_and_json_logs_describe_the_work() {
         .to_owned();
     mesh.wait_alive(1);
 
-    let sepia = dist().join("sepia.wasm");
-    let out = run(mesh
-        .cli()
-        .args(["plugin", "deploy"])
-        .arg(&sepia)
-        .args(["--name", "sepia"]));
-    assert!(out.status.success(), "deploy: {}", stderr(&out));
-    let hash = blake3::hash(&std::fs::read(&sepia).expect("wasm"))
-        .to_hex()
-        .to_string();
+    let (_, hash) = mesh.deploy("sepia");
     let inputs = job_inputs(&mesh.dir.path().join("in"), 3);
-    let job = submit_and_wait(&mesh, "resize 320 | plugin sepia | jpeg q=80", &inputs);
+    let (job, _) = submit(
+        &mesh,
+        "resize 320 | plugin sepia | jpeg q=80",
+        &inputs,
+        true,
+    );
 
     // The coordinator: behind the token.
     let url = format!("{}/metrics", mesh.base);
