@@ -5,7 +5,9 @@
 //! Handlers run the blocking work (fsync, SQLite) on the blocking pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -13,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pixmesh_protocol::JobSpec;
+use pixmesh_protocol::{ContentId, JobSpec};
 use serde_json::json;
 
 use crate::scheduler::JobId;
@@ -145,7 +147,7 @@ async fn blocking<T: Send + 'static>(
 /// `POST /v1/jobs`: multipart with one `spec` (JSON) or `steps` (one-line
 /// form) field and one or more `image` file fields.
 async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Response, ApiError> {
-    let parsed = read_submit(&mut form).await;
+    let parsed = read_submit(&state.coordinator, &mut form).await;
     let (spec, images) = match parsed {
         Ok(ok) => ok,
         Err(e) => {
@@ -170,10 +172,19 @@ async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Re
         .into_response())
 }
 
-type Images = Vec<(String, Vec<u8>)>;
+/// A stored input: its name, id and size.
+type Images = Vec<(String, ContentId, u64)>;
 
-async fn read_submit(form: &mut Multipart) -> Result<(JobSpec, Images), ApiError> {
-    let (mut spec, mut images): (Option<JobSpec>, Images) = (None, Vec::new());
+/// Read the form. Each image is hashed and stored durably on the blocking
+/// pool as soon as it has arrived, while the next one is still uploading;
+/// the job itself is written only once every image is stored.
+async fn read_submit(
+    coordinator: &Arc<Coordinator>,
+    form: &mut Multipart,
+) -> Result<(JobSpec, Images), ApiError> {
+    let mut spec: Option<JobSpec> = None;
+    let mut names = std::collections::HashSet::new();
+    let mut storing = Vec::new();
     while let Some(field) = form
         .next_field()
         .await
@@ -207,7 +218,7 @@ async fn read_submit(form: &mut Multipart) -> Result<(JobSpec, Images), ApiError
                 if file.is_empty() || file == "." || file == ".." {
                     return Err(bad("every image field needs a file name"));
                 }
-                if images.iter().any(|(n, _)| *n == file) {
+                if !names.insert(file.clone()) {
                     return Err(bad(format!(
                         "two images are named {file:?}; names must be unique in a job"
                     )));
@@ -216,7 +227,15 @@ async fn read_submit(form: &mut Multipart) -> Result<(JobSpec, Images), ApiError
                     .bytes()
                     .await
                     .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
-                images.push((file, bytes.to_vec()));
+                let c = coordinator.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    let size = bytes.len() as u64;
+                    let id = c
+                        .store_input(bytes)
+                        .with_context(|| format!("cannot store {file}"))?;
+                    anyhow::Ok((file, id, size))
+                });
+                storing.push(stored);
             }
             other => {
                 return Err(bad(format!(
@@ -226,8 +245,18 @@ async fn read_submit(form: &mut Multipart) -> Result<(JobSpec, Images), ApiError
         }
     }
     let spec = spec.ok_or_else(|| bad("missing `spec` (JSON) or `steps` (one-line form) field"))?;
-    if images.is_empty() {
+    if storing.is_empty() {
         return Err(bad("no `image` fields: a job needs at least one image"));
+    }
+    let mut images = Vec::with_capacity(storing.len());
+    for stored in storing {
+        let stored = stored.await.map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("worker failed: {e}"),
+            )
+        })??;
+        images.push(stored);
     }
     Ok((spec, images))
 }
@@ -245,14 +274,65 @@ async fn list(
     Ok(Json(blocking(move || c.jobs(q.limit)).await?).into_response())
 }
 
+/// Longest a status request may be held open.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// A long poll that saw some tasks finish (but not the whole job) answers
+/// no sooner than this after it arrived, so a job of many quick tasks costs
+/// a follower a few requests a second, not one per task.
+const COALESCE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, serde::Deserialize)]
+struct StatusQuery {
+    /// Hold the answer up to this long until the job changes.
+    wait_ms: Option<u64>,
+    /// Tasks finished (done + failed + cancelled) the client has seen.
+    finished: Option<usize>,
+}
+
+/// A job's status. With `wait_ms`, a long poll: the answer comes as soon
+/// as nothing is left queued or running; when the number of finished tasks
+/// differs from `finished` (default: the number now), at least 100 ms after
+/// the request came; else after `wait_ms` (at most 30 s). A client follows
+/// a job this way with a few requests a second and learns of its end at once.
 async fn status(
     State(state): State<AppState>,
     Path(id): Path<JobId>,
+    Query(q): Query<StatusQuery>,
 ) -> Result<Response, ApiError> {
-    let c = state.coordinator.clone();
-    match blocking(move || c.job(id)).await? {
-        Some(view) => Ok(Json(view).into_response()),
-        None => Err(not_found(format!("no job {id}"))),
+    let mut changes = state.coordinator.finished_tasks();
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    let start = tokio::time::Instant::now();
+    let deadline = start + wait;
+    let mut seen = q.finished;
+    loop {
+        changes.borrow_and_update();
+        let c = state.coordinator.clone();
+        let Some(view) = blocking(move || c.job(id)).await? else {
+            return Err(not_found(format!("no job {id}")));
+        };
+        let s = &view.status;
+        let finished = s.done + s.failed + s.cancelled;
+        let changed = finished != *seen.get_or_insert(finished);
+        let now = tokio::time::Instant::now();
+        if wait.is_zero()
+            || s.queued + s.running == 0
+            || now >= deadline
+            || (changed && now >= start + COALESCE)
+        {
+            return Ok(Json(view).into_response());
+        }
+        // Wake on the next finished task, or when a change already seen
+        // may be answered, or at the deadline.
+        let until = if changed {
+            deadline.min(start + COALESCE)
+        } else {
+            deadline
+        };
+        if let Ok(Err(_)) = tokio::time::timeout_at(until, changes.changed()).await {
+            // The coordinator is going away: answer with what we have.
+            return Ok(Json(view).into_response());
+        }
     }
 }
 

@@ -3,19 +3,69 @@
 //!
 //! Writes are durable before they return (temporary file, `fsync`, rename,
 //! `fsync` of the directory), so a blob the coordinator has acknowledged
-//! survives a crash. Reads verify the hash, so a damaged file is reported,
-//! never served.
+//! survives a crash. Reads from disk verify the hash, so a damaged file is
+//! reported, never served.
+//!
+//! Recently stored or read blobs also stay in memory, up to a byte budget
+//! (least recently used out first): a job's inputs are usually fetched by
+//! agents moments after the submit stored them, and serving them from
+//! memory costs neither a disk read nor a second BLAKE3 pass. Bytes enter
+//! the cache only after they were hashed to their id.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use lru::LruCache;
 use pixmesh_protocol::ContentId;
+
+/// Default memory budget of the cache of recent blobs (the daemon's
+/// `--blob-cache-mb` sets it).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
 /// Blobs under one directory, sharded by the first two hex digits.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    hot: Arc<Mutex<Hot>>,
+}
+
+/// Verified blobs in memory, least recently used first out.
+#[derive(Debug)]
+struct Hot {
+    blobs: LruCache<ContentId, Bytes>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Hot {
+    fn get(&mut self, id: &ContentId) -> Option<Bytes> {
+        self.blobs.get(id).cloned()
+    }
+
+    fn insert(&mut self, id: ContentId, bytes: Bytes) {
+        if bytes.len() > self.budget / 4 {
+            // One huge blob would push out everything else for one read.
+            return;
+        }
+        if let Some(old) = self.blobs.put(id, bytes.clone()) {
+            self.bytes -= old.len();
+        }
+        self.bytes += bytes.len();
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.bytes > self.budget {
+            match self.blobs.pop_lru() {
+                Some((_, b)) => self.bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// A blob that is missing or damaged.
@@ -49,7 +99,26 @@ impl BlobStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        Ok(BlobStore { dir })
+        let hot = Hot {
+            blobs: LruCache::unbounded(),
+            bytes: 0,
+            budget: DEFAULT_CACHE_BYTES,
+        };
+        Ok(BlobStore {
+            dir,
+            hot: Arc::new(Mutex::new(hot)),
+        })
+    }
+
+    /// Set the memory budget of the cache of recent blobs (0 turns it off).
+    pub fn set_cache_budget(&self, bytes: usize) {
+        let mut hot = self.hot();
+        hot.budget = bytes;
+        hot.trim();
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, Hot> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where the blob `id` lives.
@@ -65,31 +134,52 @@ impl BlobStore {
 
     /// Store `bytes` durably; returns their id. Storing the same bytes
     /// twice is cheap and harmless.
-    pub fn put(&self, bytes: &[u8]) -> Result<ContentId, BlobError> {
-        let id = ContentId::of(bytes);
+    pub fn put(&self, bytes: impl Into<Bytes>) -> Result<ContentId, BlobError> {
+        let bytes = bytes.into();
+        let id = ContentId::of(&bytes);
+        self.put_verified(id, bytes)?;
+        Ok(id)
+    }
+
+    /// Store `bytes` already hashed to `id` by the caller.
+    pub fn put_verified(&self, id: ContentId, bytes: Bytes) -> Result<(), BlobError> {
         let path = self.path(&id);
-        if path.is_file() {
-            return Ok(id);
+        if !path.is_file() {
+            self.write(&id, &path, &bytes)?;
         }
+        self.hot().insert(id, bytes);
+        Ok(())
+    }
+
+    fn write(&self, id: &ContentId, path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
         fs::create_dir_all(&shard).map_err(io_at(&shard))?;
-        let tmp = shard.join(format!(".{id}.{}.tmp", std::process::id()));
+        // Unique per writer: two threads may store the same bytes at once.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = shard.join(format!(".{id}.{}.{n}.tmp", std::process::id()));
         let written = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, &path)?;
+            fs::rename(&tmp, path)?;
             File::open(&shard)?.sync_all()
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(BlobError::Io { path, source: e });
+            return Err(BlobError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            });
         }
-        Ok(id)
+        Ok(())
     }
 
-    /// Read a blob, verifying its hash.
-    pub fn get(&self, id: &ContentId) -> Result<Vec<u8>, BlobError> {
+    /// Read a blob: from the cache, or from disk, verifying its hash.
+    pub fn get(&self, id: &ContentId) -> Result<Bytes, BlobError> {
+        if let Some(bytes) = self.hot().get(id) {
+            return Ok(bytes);
+        }
         let path = self.path(id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -99,6 +189,8 @@ impl BlobStore {
         if !id.matches(&bytes) {
             return Err(BlobError::Damaged(*id));
         }
+        let bytes = Bytes::from(bytes);
+        self.hot().insert(*id, bytes.clone());
         Ok(bytes)
     }
 }
@@ -111,18 +203,52 @@ mod tests {
     fn put_get_verify_and_detect_damage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = BlobStore::open(dir.path()).expect("open");
-        let id = store.put(b"an image").expect("put");
+        let id = store.put(&b"an image"[..]).expect("put");
         assert_eq!(id, ContentId::of(b"an image"));
-        assert_eq!(store.put(b"an image").expect("again"), id, "idempotent");
-        assert_eq!(store.get(&id).expect("get"), b"an image");
-        // Reopening sees the same blob.
-        assert!(BlobStore::open(dir.path()).expect("reopen").has(&id));
+        assert_eq!(
+            store.put(&b"an image"[..]).expect("again"),
+            id,
+            "idempotent"
+        );
+        assert_eq!(store.get(&id).expect("get"), &b"an image"[..]);
+        // Reopening sees the same blob, read from disk this time.
+        let reopened = BlobStore::open(dir.path()).expect("reopen");
+        assert!(reopened.has(&id));
+        assert_eq!(reopened.get(&id).expect("get"), &b"an image"[..]);
         std::fs::write(store.path(&id), b"tampered").expect("tamper");
-        assert!(matches!(store.get(&id), Err(BlobError::Damaged(_))));
+        let cold = BlobStore::open(dir.path()).expect("reopen");
+        assert!(matches!(cold.get(&id), Err(BlobError::Damaged(_))));
         let other = ContentId::of(b"never stored");
         assert!(matches!(store.get(&other), Err(BlobError::Missing(_))));
         // No temporary files are left behind.
         let shard = store.path(&id).parent().expect("shard").to_path_buf();
         assert_eq!(std::fs::read_dir(shard).expect("shard").count(), 1);
+    }
+
+    #[test]
+    fn recent_blobs_are_served_from_memory_within_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        store.set_cache_budget(4000);
+        let (a, b) = (vec![1u8; 900], vec![2u8; 900]);
+        let (ia, ib) = (store.put(a.clone()).expect("a"), store.put(b).expect("b"));
+        // Served from memory: the file is gone, the bytes are still there.
+        std::fs::remove_file(store.path(&ia)).expect("remove");
+        assert_eq!(store.get(&ia).expect("cached"), a);
+        // A blob over a quarter of the budget is stored but not cached.
+        let big = store.put(vec![3u8; 1500]).expect("big");
+        std::fs::remove_file(store.path(&big)).expect("remove");
+        assert!(matches!(store.get(&big), Err(BlobError::Missing(_))));
+        // Filling the budget pushes out the least recently used (b; a was
+        // just read).
+        for i in 0..3u8 {
+            store.put(vec![10 + i; 900]).expect("fill");
+        }
+        std::fs::remove_file(store.path(&ib)).expect("remove");
+        assert!(matches!(store.get(&ib), Err(BlobError::Missing(_))));
+        assert_eq!(store.get(&ia).expect("still cached"), a);
+        // A zero budget empties the cache.
+        store.set_cache_budget(0);
+        assert!(matches!(store.get(&ia), Err(BlobError::Missing(_))));
     }
 }

@@ -152,6 +152,19 @@ impl Client {
         self.get(&format!("/v1/jobs/{id}"), &format!("job {id}"))
     }
 
+    /// A job's status once it has changed: the coordinator answers when
+    /// the number of finished tasks is no longer `finished`, when nothing
+    /// is left to run, or after `wait` (a long poll).
+    pub fn job_changed(&self, id: u64, finished: u64, wait: Duration) -> Result<Value> {
+        self.get(
+            &format!(
+                "/v1/jobs/{id}?finished={finished}&wait_ms={}",
+                wait.as_millis()
+            ),
+            &format!("job {id}"),
+        )
+    }
+
     /// Submit a job over the images found in `inputs` (files or
     /// directories); the coordinator's answer and the bytes uploaded.
     pub fn submit(&self, spec: &JobSpec, inputs: &[PathBuf]) -> Result<(Value, u64)> {
@@ -352,7 +365,9 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     }))
 }
 
-/// Poll a job until nothing is queued or running, with a progress bar.
+/// Follow a job until nothing is queued or running, with a progress bar:
+/// one long poll per finished task (or per second, to keep the bar's
+/// clock and message fresh).
 pub fn wait(client: &Client, job: u64, quiet: bool) -> Result<Value> {
     let bar = if quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
@@ -363,8 +378,12 @@ pub fn wait(client: &Client, job: u64, quiet: bool) -> Result<Value> {
         ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} {msg} [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let mut seen = None;
     loop {
-        let view = client.job(job)?;
+        let view = match seen {
+            None => client.job(job)?,
+            Some(finished) => client.job_changed(job, finished, Duration::from_secs(1))?,
+        };
         let total = view
             .get("tasks")
             .and_then(Value::as_array)
@@ -385,7 +404,7 @@ pub fn wait(client: &Client, job: u64, quiet: bool) -> Result<Value> {
             bar.finish_and_clear();
             return Ok(view);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        seen = Some(finished);
     }
 }
 

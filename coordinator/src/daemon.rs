@@ -77,6 +77,15 @@ pub struct CoordinatorArgs {
         env = "PIXMESH_MAX_ATTEMPTS"
     )]
     pub max_attempts: u32,
+    /// Memory for recently stored or served blobs (job inputs waiting for
+    /// agents, fresh results), MiB; 0 turns the cache off.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        env = "PIXMESH_BLOB_CACHE_MB"
+    )]
+    pub blob_cache_mb: usize,
 }
 
 /// Run the daemon until SIGINT or SIGTERM.
@@ -96,6 +105,7 @@ pub fn run_command(args: CoordinatorArgs) -> Result<ExitCode> {
         ..SchedulerConfig::default()
     };
     let coordinator = Arc::new(Coordinator::open(&dir, config)?);
+    coordinator.set_blob_cache(args.blob_cache_mb.saturating_mul(1 << 20));
     let keypair = pixmesh_mesh::identity::load_or_create(&dir.0.join("identity.key"))?;
     let token = api_token(&dir.token())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -25,7 +25,7 @@ pub const VERSION: &str = concat!("pixmesh-coordinator/", env!("CARGO_PKG_VERSIO
 struct Blobs(Arc<Coordinator>);
 
 impl BlobService for Blobs {
-    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<Vec<u8>, String> {
+    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<bytes::Bytes, String> {
         if !self.0.is_enrolled(&peer.to_string()) {
             return Err("not enrolled".into());
         }
@@ -40,7 +40,7 @@ impl BlobService for Blobs {
         }
         self.0.metrics().blob("in", bytes.len());
         self.0
-            .put_blob(&bytes)
+            .put_blob(bytes)
             .map(|_| ())
             .map_err(|e| format!("{e:#}"))
     }

@@ -160,6 +160,9 @@ pub struct Coordinator {
     outbox: Mutex<Option<mpsc::UnboundedSender<Outbound>>>,
     plugin_host: OnceLock<Arc<PluginHost>>,
     metrics: Metrics,
+    /// Bumped whenever a task finishes (done, failed or cancelled), so
+    /// clients waiting on a job are answered at once instead of polling.
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -296,6 +299,7 @@ impl Coordinator {
             outbox: Mutex::new(None),
             plugin_host: OnceLock::new(),
             metrics: Metrics::new(),
+            finished: tokio::sync::watch::Sender::new(0),
         };
         Ok(coordinator)
     }
@@ -311,15 +315,21 @@ impl Coordinator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Store the images and the job durably, then queue its tasks.
-    pub fn submit(&self, spec: &JobSpec, images: &[(String, Vec<u8>)]) -> Result<(JobId, usize)> {
-        let mut inputs = Vec::with_capacity(images.len());
-        for (name, bytes) in images {
-            let id = self
-                .blobs
-                .put(bytes)
-                .with_context(|| format!("cannot store {name}"))?;
-            inputs.push((name.clone(), id));
+    /// Write the job durably and queue its tasks. Its inputs (name, id,
+    /// size) were stored with [`Coordinator::store_input`] first.
+    pub fn submit(
+        &self,
+        spec: &JobSpec,
+        images: &[(String, ContentId, u64)],
+    ) -> Result<(JobId, usize)> {
+        let inputs: Vec<(String, ContentId)> = images
+            .iter()
+            .map(|(name, id, _)| (name.clone(), *id))
+            .collect();
+        for (name, id, _) in images {
+            if !self.blobs.has(id) {
+                anyhow::bail!("input {name} ({id}) is not in the blob store");
+            }
         }
         let now = self.now();
         let mut state = self.lock();
@@ -330,7 +340,7 @@ impl Coordinator {
         // Largest first (LPT), as `pixmesh run` orders its work: the big
         // images start early instead of finishing last on one agent.
         let mut order: Vec<usize> = (0..tasks.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(images[i].1.len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(images[i].2));
         for i in order {
             let (task, input) = (&tasks[i], &inputs[i].1);
             let spec = TaskSpec {
@@ -367,7 +377,13 @@ impl Coordinator {
         for row in state.store.job_tasks(job)? {
             self.metrics.finished(row.id);
         }
+        self.finished.send_modify(|n| *n += 1);
         Ok(Some(cancelled))
+    }
+
+    /// Changes whenever a task of any job finishes; for long polls.
+    pub fn finished_tasks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.finished.subscribe()
     }
 
     /// A job's status, or None if unknown.
@@ -494,10 +510,12 @@ impl Coordinator {
                     let id: ContentId = output.parse().map_err(anyhow::Error::msg)?;
                     state.store.record_done(task, attempt, &id)?;
                     self.metrics.finished(task);
+                    self.finished.send_modify(|n| *n += 1);
                 }
                 Action::GiveUp { task, reason } => {
                     state.store.record_failed(task, &reason)?;
                     self.metrics.finished(task);
+                    self.finished.send_modify(|n| *n += 1);
                 }
                 Action::Requeued {
                     task,
@@ -854,7 +872,10 @@ impl Coordinator {
         if let Err(e) = self.plugin_host()?.load(wasm) {
             return Ok(Err(e.to_string()));
         }
-        let id = self.blobs.put(wasm).context("cannot store the plugin")?;
+        let id = self
+            .blobs
+            .put(wasm.to_vec())
+            .context("cannot store the plugin")?;
         self.lock().store.set_plugin(name, &id.to_string())?;
         tracing::info!(plugin = %name, hash = %id, "plugin deployed");
         Ok(Ok(id.to_string()))
@@ -910,12 +931,22 @@ impl Coordinator {
     }
 
     /// A blob for an enrolled agent.
-    pub fn blob(&self, id: &ContentId) -> Result<Vec<u8>> {
+    pub fn blob(&self, id: &ContentId) -> Result<bytes::Bytes> {
         Ok(self.blobs.get(id)?)
     }
 
+    /// Memory budget of the blob store's cache of recent blobs, bytes.
+    pub fn set_blob_cache(&self, bytes: usize) {
+        self.blobs.set_cache_budget(bytes);
+    }
+
+    /// Store a job's input durably (before the job that names it).
+    pub fn store_input(&self, bytes: bytes::Bytes) -> Result<ContentId> {
+        Ok(self.blobs.put(bytes)?)
+    }
+
     /// Store a blob from an agent (an output).
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<ContentId> {
+    pub fn put_blob(&self, bytes: Vec<u8>) -> Result<ContentId> {
         Ok(self.blobs.put(bytes)?)
     }
 
@@ -936,7 +967,7 @@ impl Coordinator {
             header.set_mode(0o644);
             header.set_mtime(t.finished_ms.map_or(0, |ms| (ms / 1000.0) as u64));
             archive
-                .append_data(&mut header, &t.output_name, bytes.as_slice())
+                .append_data(&mut header, &t.output_name, &bytes[..])
                 .with_context(|| format!("cannot archive {}", t.output_name))?;
             count += 1;
         }
@@ -953,7 +984,7 @@ impl Coordinator {
 #[derive(Debug)]
 pub enum ResultLookup {
     /// The output bytes.
-    Ready(Vec<u8>),
+    Ready(bytes::Bytes),
     /// The task exists but has no output; its state.
     NotReady(String),
     /// No task of that name in the job.

@@ -111,7 +111,7 @@ pub enum BlobError {
 /// blocking pool, so implementations may do file I/O.
 pub trait BlobService: Send + Sync + 'static {
     /// The bytes of `id` for `peer`, or a reason to refuse.
-    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<Vec<u8>, String>;
+    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<bytes::Bytes, String>;
     /// Store `bytes` (already verified to hash to `id`) from `peer`, or refuse.
     fn put(&self, peer: &PeerId, id: &ContentId, bytes: Vec<u8>) -> Result<(), String>;
     /// May `peer` upload a blob of `size` bytes? Asked before reading it.
@@ -152,16 +152,27 @@ async fn write_refusal(stream: &mut Stream, reason: &str) -> std::io::Result<()>
     stream.close().await
 }
 
-async fn read_body(stream: &mut Stream, size: u64) -> std::io::Result<Vec<u8>> {
+/// Read a body of `size` bytes and hash it on the way in, chunk by chunk
+/// while the rest is still arriving, so the check costs no extra pass
+/// after the last byte. Returns the bytes and their id.
+async fn read_body(stream: &mut Stream, size: u64) -> std::io::Result<(Vec<u8>, ContentId)> {
+    const CHUNK: usize = 256 << 10;
     let mut bytes = Vec::with_capacity(size as usize);
-    let read = stream.take(size).read_to_end(&mut bytes).await?;
-    if read as u64 != size {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("stream ended after {read} of {size} bytes"),
-        ));
+    let mut hasher = blake3::Hasher::new();
+    let mut chunk = vec![0u8; CHUNK.min(size as usize).max(1)];
+    while (bytes.len() as u64) < size {
+        let want = chunk.len().min((size - bytes.len() as u64) as usize);
+        let n = stream.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("stream ended after {} of {size} bytes", bytes.len()),
+            ));
+        }
+        hasher.update(&chunk[..n]);
+        bytes.extend_from_slice(&chunk[..n]);
     }
-    Ok(bytes)
+    Ok((bytes, ContentId::from(*hasher.finalize().as_bytes())))
 }
 
 async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, BlobError> {
@@ -185,7 +196,7 @@ pub async fn fetch(
 ) -> Result<Vec<u8>, BlobError> {
     let mut stream = open(control, peer).await?;
     enum Got {
-        Bytes(Vec<u8>),
+        Bytes((Vec<u8>, ContentId)),
         Refused(String),
         TooLarge(u64),
     }
@@ -209,7 +220,7 @@ pub async fn fetch(
     .await?;
     let _ = stream.close().await;
     match got {
-        Got::Bytes(bytes) if id.matches(&bytes) => Ok(bytes),
+        Got::Bytes((bytes, got)) if got == id => Ok(bytes),
         Got::Bytes(_) => Err(BlobError::Corrupt { peer, id }),
         Got::Refused(reason) => Err(BlobError::Refused { peer, id, reason }),
         Got::TooLarge(size) => Err(BlobError::TooLarge { id, size, limit }),
@@ -317,8 +328,8 @@ async fn handle(
                 }
                 stream.write_all(&[STATUS_OK]).await?;
                 stream.flush().await?;
-                let bytes = read_body(&mut stream, size).await?;
-                if !id.matches(&bytes) {
+                let (bytes, got) = read_body(&mut stream, size).await?;
+                if got != id {
                     return write_refusal(&mut stream, "bytes do not hash to the id").await;
                 }
                 let svc = service.clone();

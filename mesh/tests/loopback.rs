@@ -17,11 +17,11 @@ struct Shelf {
 }
 
 impl BlobService for Shelf {
-    fn get(&self, _peer: &PeerId, id: &ContentId) -> Result<Vec<u8>, String> {
+    fn get(&self, _peer: &PeerId, id: &ContentId) -> Result<bytes::Bytes, String> {
         let blobs = self.blobs.lock().map_err(|e| e.to_string())?;
         blobs
             .get(id)
-            .cloned()
+            .map(|b| bytes::Bytes::copy_from_slice(b))
             .ok_or_else(|| format!("no blob {id}"))
     }
     fn put(&self, _peer: &PeerId, id: &ContentId, bytes: Vec<u8>) -> Result<(), String> {

@@ -155,6 +155,25 @@ fn submit_is_authenticated_durable_and_reports_why_it_waits() {
     let waiting = status["waiting"].as_str().expect("a waiting reason");
     assert!(waiting.contains("no agents have joined"), "{waiting}");
 
+    // A long poll on a job where nothing can finish holds the request for
+    // its whole wait, then answers with the unchanged status.
+    let asked = std::time::Instant::now();
+    let r = http
+        .get(format!(
+            "{}/v1/jobs/{job}?finished=0&wait_ms=400",
+            daemon.base
+        ))
+        .bearer_auth(&auth)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert!(asked.elapsed() >= std::time::Duration::from_millis(400));
+    let held: Value = r.json().expect("json");
+    assert_eq!(
+        (held["queued"].as_u64(), held["done"].as_u64()),
+        (Some(2), Some(0))
+    );
+
     // The listing shows it; a result is not there yet; cancel stops it.
     let list: Value = http
         .get(format!("{}/v1/jobs", daemon.base))

@@ -391,6 +391,52 @@ fn a_job_with_a_plugin_runs_across_agents_byte_identical_to_pixmesh_run() {
 }
 
 #[test]
+fn a_long_polled_status_answers_when_tasks_finish() {
+    let mesh = Mesh::start(1, 1);
+    let inputs: Vec<PathBuf> = photos().into_iter().take(4).collect();
+    let (job, out) = submit(&mesh, "orient | resize 300 | blur 2 | png", &inputs, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let http = reqwest::blocking::Client::new();
+    let ask = |finished: u64| -> Value {
+        http.get(format!(
+            "{}/v1/jobs/{job}?finished={finished}&wait_ms=30000",
+            mesh.base
+        ))
+        .bearer_auth(&mesh.api_token)
+        .send()
+        .expect("send")
+        .json()
+        .expect("json")
+    };
+    let n = |v: &Value, k: &str| v[k].as_u64().expect("count");
+    // Follow the job: every answer reports a change from what was seen,
+    // or the end; so following 4 tasks takes at most 4 requests after the
+    // first, however long they run.
+    let (mut seen, mut requests) = (0, 0);
+    let last = loop {
+        let v = ask(seen);
+        requests += 1;
+        let finished = n(&v, "done") + n(&v, "failed") + n(&v, "cancelled");
+        let over = n(&v, "queued") + n(&v, "running") == 0;
+        assert!(finished > seen || over, "answered without a change: {v:#}");
+        if over {
+            break v;
+        }
+        seen = finished;
+    };
+    assert_eq!(n(&last, "done"), 4, "{last:#}");
+    assert!(requests <= 4, "{requests} requests for 4 tasks");
+    // Once the job is over, a long poll answers at once.
+    let asked = Instant::now();
+    let again = ask(4);
+    assert_eq!(n(&again, "done"), 4);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "held a finished job"
+    );
+}
+
+#[test]
 fn cancel_stops_the_remaining_tasks_and_a_wrong_token_gets_401() {
     let mesh = Mesh::start(2, 1);
     let out = run(mesh

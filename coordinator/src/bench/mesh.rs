@@ -13,7 +13,7 @@
 //!   coordinator's assignment to its acceptance of the result (assign
 //!   request, input fetch, pipeline, output upload, completion, fsync).
 //!   Also the whole round trip of a one-image job as a client sees it
-//!   (submit, run, status poll every 2 ms).
+//!   (submit, run, a long-polled status answered when the task finishes).
 //! - **Agent memory**: resident set of each agent once enrolled and idle,
 //!   and its peak (VmHWM) after the runs.
 
@@ -161,17 +161,21 @@ impl Api {
         v["job"].as_u64().context("no job id")
     }
 
-    fn wait(&self, job: u64, poll: Duration) -> Result<Value> {
+    /// Follow a job with long polls (one request per finished task) until
+    /// nothing is queued or running.
+    fn wait(&self, job: u64) -> Result<Value> {
+        let mut path = format!("/v1/jobs/{job}");
         loop {
-            let v = self.get(&format!("/v1/jobs/{job}"))?;
-            let left = v["queued"].as_u64().unwrap_or(0) + v["running"].as_u64().unwrap_or(0);
-            if left == 0 {
-                if v["failed"].as_u64().unwrap_or(0) > 0 {
+            let v = self.get(&path)?;
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            if n("queued") + n("running") == 0 {
+                if n("failed") > 0 {
                     bail!("job {job} had failures: {v}");
                 }
                 return Ok(v);
             }
-            std::thread::sleep(poll);
+            let finished = n("done") + n("failed") + n("cancelled");
+            path = format!("/v1/jobs/{job}?finished={finished}&wait_ms=30000");
         }
     }
 }
@@ -313,7 +317,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let started = Instant::now();
         let job = api.submit(&steps, &images)?;
         let uploaded = started.elapsed();
-        let view = api.wait(job, Duration::from_millis(5))?;
+        let view = api.wait(job)?;
         let processed = started.elapsed();
         let archive = api
             .http
@@ -349,7 +353,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .map(|i| (format!("px{i:03}.png"), one.clone()))
         .collect();
     let job = api.submit("png", &tiny)?;
-    let view = api.wait(job, Duration::from_millis(5))?;
+    let view = api.wait(job)?;
     let dispatch: Vec<f64> = view["tasks"]
         .as_array()
         .into_iter()
@@ -360,7 +364,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     for i in 0..50 {
         let started = Instant::now();
         let job = api.submit("png", &[(format!("rt{i}.png"), one.clone())])?;
-        api.wait(job, Duration::from_millis(2))?;
+        api.wait(job)?;
         round_trips.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let peak: Vec<f64> = agent_pids.iter().map(|p| rss_mb(*p, "VmHWM:")).collect();
