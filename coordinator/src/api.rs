@@ -147,118 +147,207 @@ async fn blocking<T: Send + 'static>(
 /// `POST /v1/jobs`: multipart with one `spec` (JSON) or `steps` (one-line
 /// form) field and one or more `image` file fields.
 async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Response, ApiError> {
-    let parsed = read_submit(&state.coordinator, &mut form).await;
-    let (spec, images) = match parsed {
-        Ok(ok) => ok,
+    let mut upload = Upload {
+        coordinator: state.coordinator.clone(),
+        job: None,
+        early: Vec::new(),
+        storing: Vec::new(),
+        names: std::collections::HashSet::new(),
+        seen_spec: false,
+    };
+    match upload.read(&mut form).await {
+        Ok(()) => {}
         Err(e) => {
-            // Read the rest of the upload before answering, so the client
-            // gets this message rather than a connection reset mid-upload.
+            // Drop what arrived (the job was never acknowledged), and read
+            // the rest of the upload before answering, so the client gets
+            // this message rather than a connection reset mid-upload.
+            upload.abort().await;
             while let Ok(Some(field)) = form.next_field().await {
                 let _ = field.bytes().await;
             }
             return Err(e);
         }
-    };
-    let coordinator = state.coordinator.clone();
-    let c = coordinator.clone();
-    let spec = blocking(move || c.resolve_plugins(&spec))
-        .await?
-        .map_err(bad)?;
-    let (job, tasks) = blocking(move || coordinator.submit(&spec, &images)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "job": job, "tasks": tasks })),
-    )
-        .into_response())
+    }
+    match upload.seal().await {
+        Ok((job, tasks)) => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "job": job, "tasks": tasks })),
+        )
+            .into_response()),
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
 }
 
 /// A stored input: its name, id and size.
-type Images = Vec<(String, ContentId, u64)>;
+type Image = (String, ContentId, u64);
 
-/// Read the form. Each image is hashed and stored durably on the blocking
-/// pool as soon as it has arrived, while the next one is still uploading;
-/// the job itself is written only once every image is stored.
-async fn read_submit(
-    coordinator: &Arc<Coordinator>,
-    form: &mut Multipart,
-) -> Result<(JobSpec, Images), ApiError> {
-    let mut spec: Option<JobSpec> = None;
-    let mut names = std::collections::HashSet::new();
-    let mut storing = Vec::new();
-    while let Some(field) = form
-        .next_field()
-        .await
-        .map_err(|e| bad(format!("bad multipart body: {e}")))?
-    {
-        let name = field.name().unwrap_or_default().to_owned();
-        match name.as_str() {
-            "spec" | "steps" => {
-                if spec.is_some() {
-                    return Err(bad("give one `spec` or `steps` field, not several"));
+/// A submit in progress. Each image is hashed and stored durably on the
+/// blocking pool as soon as it has arrived, while the next one uploads, and
+/// once the spec is known its task is queued at once: agents start on the
+/// first (largest, if the client sends them so) images before the last
+/// ones are in. The job is acknowledged only when [`Upload::seal`] has
+/// written that every image arrived; an upload that fails or is cut off
+/// drops the job and revokes its tasks (a restart drops it too).
+struct Upload {
+    coordinator: Arc<Coordinator>,
+    /// The job, once the spec has been read and the job written.
+    job: Option<JobId>,
+    /// Images stored before the spec arrived.
+    early: Vec<tokio::task::JoinHandle<anyhow::Result<Image>>>,
+    /// Images being stored (and queued) after it.
+    storing: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    names: std::collections::HashSet<String>,
+    seen_spec: bool,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // The request went away (the client hung up) before the job was
+        // sealed or aborted: drop it off the request's task.
+        if let Some(job) = self.job.take() {
+            let c = self.coordinator.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = c.abort_job(job) {
+                    tracing::error!(job, cause = %format!("{e:#}"), "cannot drop an abandoned upload");
                 }
-                let text = field
-                    .text()
-                    .await
-                    .map_err(|e| bad(format!("bad {name} field: {e}")))?;
-                let parsed = if name == "spec" {
-                    JobSpec::from_json(&text)
-                } else {
-                    JobSpec::from_compact(&text)
-                };
-                spec = Some(parsed.map_err(|e| bad(e.to_string()))?);
-            }
-            "image" => {
-                let file = field.file_name().map(str::to_owned).unwrap_or_default();
-                // Keep the last path component only: names become result file names.
-                let file = file
-                    .rsplit(['/', '\\'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                if file.is_empty() || file == "." || file == ".." {
-                    return Err(bad("every image field needs a file name"));
+            });
+        }
+    }
+}
+
+fn worker_failed(e: tokio::task::JoinError) -> ApiError {
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("worker failed: {e}"),
+    )
+}
+
+impl Upload {
+    async fn read(&mut self, form: &mut Multipart) -> Result<(), ApiError> {
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("bad multipart body: {e}")))?
+        {
+            let name = field.name().unwrap_or_default().to_owned();
+            match name.as_str() {
+                "spec" | "steps" => {
+                    if self.seen_spec {
+                        return Err(bad("give one `spec` or `steps` field, not several"));
+                    }
+                    self.seen_spec = true;
+                    let text = field
+                        .text()
+                        .await
+                        .map_err(|e| bad(format!("bad {name} field: {e}")))?;
+                    let parsed = if name == "spec" {
+                        JobSpec::from_json(&text)
+                    } else {
+                        JobSpec::from_compact(&text)
+                    };
+                    let spec = parsed.map_err(|e| bad(e.to_string()))?;
+                    let c = self.coordinator.clone();
+                    let spec = blocking(move || c.resolve_plugins(&spec))
+                        .await?
+                        .map_err(bad)?;
+                    let c = self.coordinator.clone();
+                    let job = blocking(move || c.open_job(&spec)).await?;
+                    self.job = Some(job);
+                    // Images that came before the spec join the job now.
+                    let mut early = Vec::with_capacity(self.early.len());
+                    for stored in std::mem::take(&mut self.early) {
+                        early.push(stored.await.map_err(worker_failed)??);
+                    }
+                    let c = self.coordinator.clone();
+                    blocking(move || c.add_inputs(job, &early)).await?;
                 }
-                if !names.insert(file.clone()) {
+                "image" => {
+                    let file = field.file_name().map(str::to_owned).unwrap_or_default();
+                    // Keep the last path component only: names become result file names.
+                    let file = file
+                        .rsplit(['/', '\\'])
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if file.is_empty() || file == "." || file == ".." {
+                        return Err(bad("every image field needs a file name"));
+                    }
+                    if !self.names.insert(file.clone()) {
+                        return Err(bad(format!(
+                            "two images are named {file:?}; names must be unique in a job"
+                        )));
+                    }
+                    let bytes = field
+                        .bytes()
+                        .await
+                        .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
+                    let c = self.coordinator.clone();
+                    let store = move || {
+                        let size = bytes.len() as u64;
+                        let id = c
+                            .store_input(bytes)
+                            .with_context(|| format!("cannot store {file}"))?;
+                        anyhow::Ok((file, id, size))
+                    };
+                    match self.job {
+                        None => self.early.push(tokio::task::spawn_blocking(store)),
+                        Some(job) => {
+                            let c = self.coordinator.clone();
+                            self.storing.push(tokio::task::spawn_blocking(move || {
+                                let image = store()?;
+                                c.add_inputs(job, &[image])?;
+                                Ok(())
+                            }));
+                        }
+                    }
+                }
+                other => {
                     return Err(bad(format!(
-                        "two images are named {file:?}; names must be unique in a job"
+                        "unknown field {other:?} (expected spec, steps or image)"
                     )));
                 }
-                let bytes = field
-                    .bytes()
-                    .await
-                    .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
-                let c = coordinator.clone();
-                let stored = tokio::task::spawn_blocking(move || {
-                    let size = bytes.len() as u64;
-                    let id = c
-                        .store_input(bytes)
-                        .with_context(|| format!("cannot store {file}"))?;
-                    anyhow::Ok((file, id, size))
-                });
-                storing.push(stored);
             }
-            other => {
-                return Err(bad(format!(
-                    "unknown field {other:?} (expected spec, steps or image)"
-                )));
+        }
+        if !self.seen_spec {
+            return Err(bad(
+                "missing `spec` (JSON) or `steps` (one-line form) field",
+            ));
+        }
+        if self.names.is_empty() {
+            return Err(bad("no `image` fields: a job needs at least one image"));
+        }
+        Ok(())
+    }
+
+    /// Wait until every image is stored and queued, then acknowledge.
+    async fn seal(&mut self) -> Result<(JobId, usize), ApiError> {
+        for stored in std::mem::take(&mut self.storing) {
+            stored.await.map_err(worker_failed)??;
+        }
+        let job = self
+            .job
+            .ok_or_else(|| bad("missing `spec` (JSON) or `steps` (one-line form) field"))?;
+        let c = self.coordinator.clone();
+        let tasks = blocking(move || c.seal_job(job)).await?;
+        self.job = None;
+        Ok((job, tasks))
+    }
+
+    /// Drop the job, once the images still being stored are done.
+    async fn abort(&mut self) {
+        for stored in std::mem::take(&mut self.storing) {
+            let _ = stored.await;
+        }
+        if let Some(job) = self.job.take() {
+            let c = self.coordinator.clone();
+            if let Err(e) = blocking(move || c.abort_job(job)).await {
+                tracing::error!(job, cause = %e.1, "cannot drop a failed upload");
             }
         }
     }
-    let spec = spec.ok_or_else(|| bad("missing `spec` (JSON) or `steps` (one-line form) field"))?;
-    if storing.is_empty() {
-        return Err(bad("no `image` fields: a job needs at least one image"));
-    }
-    let mut images = Vec::with_capacity(storing.len());
-    for stored in storing {
-        let stored = stored.await.map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("worker failed: {e}"),
-            )
-        })??;
-        images.push(stored);
-    }
-    Ok((spec, images))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -316,7 +405,7 @@ async fn status(
         let changed = finished != *seen.get_or_insert(finished);
         let now = tokio::time::Instant::now();
         if wait.is_zero()
-            || s.queued + s.running == 0
+            || (s.queued + s.running == 0 && !view.receiving)
             || now >= deadline
             || (changed && now >= start + COALESCE)
         {

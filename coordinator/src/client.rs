@@ -188,6 +188,10 @@ impl Client {
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             images.push((name, bytes));
         }
+        // Largest first: the coordinator queues each image as it arrives,
+        // so the biggest start while the rest upload (as `pixmesh run`
+        // starts its largest inputs first).
+        images.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
         let bytes_total: u64 = images.iter().map(|(_, b)| b.len() as u64).sum();
         let (content_type, body) = multipart_body("spec", &spec.to_json(), &images);
         drop(images);

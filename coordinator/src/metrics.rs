@@ -99,13 +99,17 @@ impl Metrics {
         self.registry.clone()
     }
 
-    /// A job with `tasks` was accepted at `now_ms`.
-    pub fn submitted(&self, tasks: &[TaskId], now_ms: f64) {
-        self.jobs.inc();
+    /// `tasks` were queued at `now_ms`.
+    pub fn queued(&self, tasks: &[TaskId], now_ms: f64) {
         let mut q = self.queued_since.lock().unwrap_or_else(|p| p.into_inner());
         for t in tasks {
             q.insert(*t, now_ms);
         }
+    }
+
+    /// A job was acknowledged.
+    pub fn job_submitted(&self) {
+        self.jobs.inc();
     }
 
     /// A task went back to the queue.

@@ -235,6 +235,9 @@ pub struct JobView {
     pub reassignments: u32,
     /// Late results from superseded attempts refused by fencing.
     pub late_results_refused: u32,
+    /// True while the job's upload is still arriving (its task list grows;
+    /// the job is not acknowledged yet).
+    pub receiving: bool,
     /// Every task, in submission order.
     pub tasks: Vec<TaskView>,
 }
@@ -264,7 +267,14 @@ impl Coordinator {
     pub fn open(dir: &DataDir, config: SchedulerConfig) -> Result<Coordinator> {
         std::fs::create_dir_all(&dir.0)
             .with_context(|| format!("cannot create data directory {}", dir.0.display()))?;
-        let store = Store::open(&dir.database()).context("cannot open the job database")?;
+        let mut store = Store::open(&dir.database()).context("cannot open the job database")?;
+        let dropped = store.drop_unsealed_jobs()?;
+        if dropped > 0 {
+            tracing::warn!(
+                jobs = dropped,
+                "dropped jobs whose upload never completed (never acknowledged)"
+            );
+        }
         let blobs = BlobStore::open(dir.blobs()).context("cannot open the blob store")?;
         let mut scheduler = Scheduler::new(config.clone());
         let unfinished = store.unfinished_tasks()?;
@@ -315,34 +325,40 @@ impl Coordinator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write the job durably and queue its tasks. Its inputs (name, id,
-    /// size) were stored with [`Coordinator::store_input`] first.
-    pub fn submit(
-        &self,
-        spec: &JobSpec,
-        images: &[(String, ContentId, u64)],
-    ) -> Result<(JobId, usize)> {
-        let inputs: Vec<(String, ContentId)> = images
+    /// Start a job whose images are still arriving: it is written (not
+    /// yet acknowledged), and its tasks run as [`Coordinator::add_inputs`]
+    /// adds them, so work starts while the upload goes on.
+    /// [`Coordinator::seal_job`] acknowledges it; [`Coordinator::abort_job`]
+    /// (or a restart before the seal) drops it.
+    pub fn open_job(&self, spec: &JobSpec) -> Result<JobId> {
+        let now = self.now();
+        Ok(self.lock().store.open_job(spec, now)?)
+    }
+
+    /// Add stored inputs (name, id, size; stored with
+    /// [`Coordinator::store_input`]) to a job that is still receiving and
+    /// queue them, largest first. Returns false if the job was dropped.
+    pub fn add_inputs(&self, job: JobId, images: &[(String, ContentId, u64)]) -> Result<bool> {
+        let mut order: Vec<&(String, ContentId, u64)> = images.iter().collect();
+        // Largest first (LPT), as `pixmesh run` orders its work: the big
+        // images start early instead of finishing last on one agent.
+        order.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
+        let inputs: Vec<(String, ContentId)> = order
             .iter()
             .map(|(name, id, _)| (name.clone(), *id))
             .collect();
-        for (name, id, _) in images {
-            if !self.blobs.has(id) {
-                anyhow::bail!("input {name} ({id}) is not in the blob store");
-            }
-        }
         let now = self.now();
         let mut state = self.lock();
-        let (job, tasks) = state.store.insert_job(spec, &inputs, now)?;
-        self.metrics.submitted(&tasks, crate::store::unix_ms());
-        let plugins = plugin_ids(spec);
+        let Some(spec) = state.store.job_spec(job)? else {
+            return Ok(false);
+        };
+        let Some(tasks) = state.store.add_tasks(job, &inputs)? else {
+            return Ok(false);
+        };
+        self.metrics.queued(&tasks, crate::store::unix_ms());
+        let plugins = plugin_ids(&spec);
         let mut actions = Vec::new();
-        // Largest first (LPT), as `pixmesh run` orders its work: the big
-        // images start early instead of finishing last on one agent.
-        let mut order: Vec<usize> = (0..tasks.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(images[i].2));
-        for i in order {
-            let (task, input) = (&tasks[i], &inputs[i].1);
+        for (task, (_, input)) in tasks.iter().zip(&inputs) {
             let spec = TaskSpec {
                 id: *task,
                 job,
@@ -353,7 +369,41 @@ impl Coordinator {
             actions.extend(state.scheduler.handle(now, Event::Submitted(spec)));
         }
         self.apply(&mut state, actions)?;
-        Ok((job, tasks.len()))
+        Ok(true)
+    }
+
+    /// Every image of the job is in: acknowledge it. The number of tasks.
+    pub fn seal_job(&self, job: JobId) -> Result<usize> {
+        let mut state = self.lock();
+        state.store.seal_job(job)?;
+        self.metrics.job_submitted();
+        Ok(state.store.job_tasks(job)?.len())
+    }
+
+    /// Drop a job whose upload failed: its running tasks are revoked and
+    /// it disappears (it was never acknowledged).
+    pub fn abort_job(&self, job: JobId) -> Result<()> {
+        let now = self.now();
+        let mut state = self.lock();
+        let actions = state.scheduler.handle(now, Event::CancelJob(job));
+        self.apply(&mut state, actions)?;
+        for row in state.store.job_tasks(job)? {
+            self.metrics.finished(row.id);
+        }
+        state.store.drop_job(job)?;
+        self.finished.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Write a job over stored inputs in one go and acknowledge it.
+    pub fn submit(
+        &self,
+        spec: &JobSpec,
+        images: &[(String, ContentId, u64)],
+    ) -> Result<(JobId, usize)> {
+        let job = self.open_job(spec)?;
+        self.add_inputs(job, images)?;
+        Ok((job, self.seal_job(job)?))
     }
 
     /// Advance the scheduler's clock.
@@ -400,6 +450,7 @@ impl Coordinator {
         Ok(Some(JobView {
             id: job,
             steps: spec.to_compact(),
+            receiving: state.store.job_receiving(job)?,
             reassignments: rows.iter().map(|r| r.attempt.saturating_sub(1)).sum(),
             late_results_refused: rows.iter().map(|r| r.fenced).sum(),
             status: JobStatus {

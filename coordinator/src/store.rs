@@ -1,10 +1,13 @@
 //! The coordinator's durable state: jobs, tasks, nodes and plugin names in
 //! SQLite (WAL mode, `synchronous = FULL`, schema migrations).
 //!
-//! The contract with the rest of the coordinator: [`Store::insert_job`]
-//! returns only after the job and all its tasks are committed, so a submit
-//! acknowledged to a user survives a crash; blobs go to the
-//! [`BlobStore`](crate::blobs::BlobStore) first. After a restart,
+//! The contract with the rest of the coordinator: a job is written with
+//! [`Store::open_job`] while its images arrive, each batch of tasks is
+//! committed by [`Store::add_tasks`] (their blobs went to the
+//! [`BlobStore`](crate::blobs::BlobStore) first), and [`Store::seal_job`]
+//! commits that every image is in — only then is the submit acknowledged,
+//! so an acknowledged job survives a crash, and a job still receiving when
+//! the coordinator stops is dropped by [`Store::drop_unsealed_jobs`]. After a restart,
 //! [`Store::unfinished_tasks`] gives back every task still to do, with its
 //! attempt counter, so fencing keeps working across restarts.
 //! [`Store::record_done`] is itself fenced (it only completes the current
@@ -97,6 +100,9 @@ fn migrations() -> Migrations<'static> {
         );",
         ),
         M::up("ALTER TABLE tasks ADD COLUMN fenced INTEGER NOT NULL DEFAULT 0;"),
+        // A job whose upload is still arriving: its tasks may already run,
+        // but it is not acknowledged, and a restart drops it.
+        M::up("ALTER TABLE jobs ADD COLUMN receiving INTEGER NOT NULL DEFAULT 0;"),
     ])
 }
 
@@ -203,28 +209,41 @@ impl Store {
             .ctx("reading journal mode")
     }
 
-    /// Store a job and one queued task per input, in one transaction.
-    /// Returns only once committed.
-    pub fn insert_job(
+    /// Start a job whose images are still arriving ([`Store::add_tasks`],
+    /// then [`Store::seal_job`] once all are in).
+    pub fn open_job(&mut self, spec: &JobSpec, now_ms: u64) -> Result<JobId, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO jobs (spec, created_ms, receiving) VALUES (?1, ?2, 1)",
+                params![spec.to_json(), now_ms as i64],
+            )
+            .ctx("inserting the job")?;
+        Ok(self.conn.last_insert_rowid() as JobId)
+    }
+
+    /// Add tasks to a job that is still receiving; None if it is not (it
+    /// was dropped, or sealed).
+    pub fn add_tasks(
         &mut self,
-        spec: &JobSpec,
+        job: JobId,
         inputs: &[(String, ContentId)],
-        now_ms: u64,
-    ) -> Result<(JobId, Vec<TaskId>), StoreError> {
-        let tx = self
-            .conn
-            .transaction()
-            .ctx("starting the submit transaction")?;
-        tx.execute(
-            "INSERT INTO jobs (spec, created_ms) VALUES (?1, ?2)",
-            params![spec.to_json(), now_ms as i64],
-        )
-        .ctx("inserting the job")?;
-        let job = tx.last_insert_rowid() as JobId;
+    ) -> Result<Option<Vec<TaskId>>, StoreError> {
+        let tx = self.conn.transaction().ctx("starting to add tasks")?;
+        let receiving: Option<i64> = tx
+            .query_row(
+                "SELECT receiving FROM jobs WHERE id = ?1",
+                [job as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading a job")?;
+        if receiving != Some(1) {
+            return Ok(None);
+        }
         let mut tasks = Vec::with_capacity(inputs.len());
         {
             let mut insert = tx
-                .prepare(
+                .prepare_cached(
                     "INSERT INTO tasks (job, name, input, state) VALUES (?1, ?2, ?3, 'queued')",
                 )
                 .ctx("preparing task insert")?;
@@ -235,8 +254,56 @@ impl Store {
                 tasks.push(tx.last_insert_rowid() as TaskId);
             }
         }
-        tx.commit().ctx("committing the job")?;
-        Ok((job, tasks))
+        tx.commit().ctx("committing tasks")?;
+        Ok(Some(tasks))
+    }
+
+    /// Every image of a job has arrived: it is acknowledged from now on.
+    pub fn seal_job(&mut self, job: JobId) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE jobs SET receiving = 0 WHERE id = ?1", [job as i64])
+            .ctx("sealing a job")?;
+        Ok(())
+    }
+
+    /// Remove a job and its tasks (an upload that never completed).
+    pub fn drop_job(&mut self, job: JobId) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting to drop a job")?;
+        tx.execute("DELETE FROM tasks WHERE job = ?1", [job as i64])
+            .ctx("dropping tasks")?;
+        tx.execute("DELETE FROM jobs WHERE id = ?1", [job as i64])
+            .ctx("dropping a job")?;
+        tx.commit().ctx("committing the drop")?;
+        Ok(())
+    }
+
+    /// Drop every job whose upload never completed (after a crash); how many.
+    pub fn drop_unsealed_jobs(&mut self) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction().ctx("starting to drop jobs")?;
+        tx.execute(
+            "DELETE FROM tasks WHERE job IN (SELECT id FROM jobs WHERE receiving = 1)",
+            [],
+        )
+        .ctx("dropping tasks")?;
+        let n = tx
+            .execute("DELETE FROM jobs WHERE receiving = 1", [])
+            .ctx("dropping jobs")?;
+        tx.commit().ctx("committing the drop")?;
+        Ok(n)
+    }
+
+    /// True while a job's images are still arriving.
+    pub fn job_receiving(&self, job: JobId) -> Result<bool, StoreError> {
+        let r: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT receiving FROM jobs WHERE id = ?1",
+                [job as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading a job")?;
+        Ok(r == Some(1))
     }
 
     /// A job's spec, if the job exists.
@@ -637,6 +704,17 @@ mod tests {
         JobSpec::from_compact("orient | resize 256 | webp q=80").expect("spec")
     }
 
+    /// Write a whole job at once, as a submit does image by image.
+    fn insert(store: &mut Store, inputs: &[(String, ContentId)]) -> (JobId, Vec<TaskId>) {
+        let job = store.open_job(&spec(), 1).expect("open job");
+        let tasks = store
+            .add_tasks(job, inputs)
+            .expect("add")
+            .expect("receiving");
+        store.seal_job(job).expect("seal");
+        (job, tasks)
+    }
+
     #[test]
     fn migrations_are_valid() {
         migrations().validate().expect("valid migrations");
@@ -654,7 +732,7 @@ mod tests {
         let (job, tasks) = {
             let mut store = Store::open(&path).expect("open");
             assert_eq!(store.journal_mode().expect("mode"), "wal");
-            let (job, tasks) = store.insert_job(&spec(), &inputs, 1).expect("insert");
+            let (job, tasks) = insert(&mut store, &inputs);
             store
                 .record_assigned(tasks[0], 1, "agent-a")
                 .expect("assign");
@@ -693,9 +771,7 @@ mod tests {
     fn results_are_fenced_in_the_database_too() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Store::open(&dir.path().join("db")).expect("open");
-        let (_, tasks) = store
-            .insert_job(&spec(), &[("x.jpg".into(), ContentId::of(b"x"))], 0)
-            .expect("insert");
+        let (_, tasks) = insert(&mut store, &[("x.jpg".into(), ContentId::of(b"x"))]);
         let t = tasks[0];
         store.record_assigned(t, 1, "a").expect("assign");
         store.record_requeued(t).expect("requeue");
@@ -731,7 +807,7 @@ mod tests {
             .iter()
             .map(|n| (n.to_string(), ContentId::of(n.as_bytes())))
             .collect();
-        let (job, tasks) = store.insert_job(&spec(), &inputs, 0).expect("insert");
+        let (job, tasks) = insert(&mut store, &inputs);
         store
             .record_failed(tasks[0], "corrupt jpeg: Premature end of JPEG file")
             .expect("fail");
@@ -757,12 +833,43 @@ mod tests {
             ("x.jpg".into(), ContentId::of(b"1")),
             ("x.jpg".into(), ContentId::of(b"2")),
         ];
-        assert!(store.insert_job(&spec(), &dup, 0).is_err());
+        let job = store.open_job(&spec(), 0).expect("open job");
+        assert!(store.add_tasks(job, &dup).is_err());
         assert!(
             store.unfinished_tasks().expect("unfinished").is_empty(),
             "nothing half-written"
         );
-        assert_eq!(store.job_spec(1).expect("query"), None);
+    }
+
+    #[test]
+    fn a_job_still_receiving_is_dropped_after_a_restart_and_takes_no_tasks_once_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let one = |n: &str| vec![(n.to_owned(), ContentId::of(n.as_bytes()))];
+        let (sealed, open) = {
+            let mut store = Store::open(&path).expect("open");
+            let (sealed, _) = insert(&mut store, &one("a.jpg"));
+            let open = store.open_job(&spec(), 0).expect("open job");
+            let tasks = store.add_tasks(open, &one("b.jpg")).expect("add");
+            assert_eq!(tasks.map(|t| t.len()), Some(1));
+            assert!(store.job_receiving(open).expect("receiving"));
+            assert!(!store.job_receiving(sealed).expect("receiving"));
+            (sealed, open)
+        };
+        // The coordinator died before the second job's upload completed.
+        let mut store = Store::open(&path).expect("reopen");
+        assert_eq!(store.drop_unsealed_jobs().expect("drop"), 1);
+        assert!(store.job_spec(sealed).expect("query").is_some());
+        assert_eq!(store.job_spec(open).expect("query"), None);
+        let left = store.unfinished_tasks().expect("unfinished");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].name, "a.jpg");
+        // A dropped or sealed job takes no more tasks.
+        assert_eq!(store.add_tasks(open, &one("c.jpg")).expect("add"), None);
+        assert_eq!(store.add_tasks(sealed, &one("c.jpg")).expect("add"), None);
+        let again = store.open_job(&spec(), 0).expect("open job");
+        store.drop_job(again).expect("drop");
+        assert_eq!(store.job_spec(again).expect("query"), None);
     }
 
     #[test]

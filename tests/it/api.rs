@@ -265,4 +265,73 @@ fn malformed_submits_get_clear_errors() {
         multipart::Form::new().part("image", multipart::Part::bytes(vec![1]).file_name("a.jpg")),
     );
     assert_eq!((s, e.contains("missing `spec`")), (400, true), "{e}");
+
+    // A client that hangs up in the middle of an upload: the spec and one
+    // image arrived (so the job was written and its task queued), the rest
+    // never does.
+    {
+        use std::io::Write as _;
+        let addr = daemon.base.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        let b = "cut-here";
+        let image = std::fs::read(&photo).expect("photo");
+        let mut body = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"steps\"\r\n\r\nresize 10 | png\r\n\
+             --{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&image);
+        body.extend_from_slice(
+            format!("\r\n--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"b.jpg\"\r\n\r\n").as_bytes(),
+        );
+        let head = format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {auth}\r\n\
+             Content-Type: multipart/form-data; boundary={b}\r\nContent-Length: {}\r\n\r\n",
+            body.len() + 1_000_000
+        );
+        conn.write_all(head.as_bytes()).expect("head");
+        conn.write_all(&body).expect("body");
+        // The job is there, still receiving, with the image that arrived
+        // queued (no agent here to run it) ...
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let jobs: Value = http
+                .get(format!("{}/v1/jobs", daemon.base))
+                .bearer_auth(&auth)
+                .send()
+                .expect("send")
+                .json()
+                .expect("json");
+            if jobs[0]["receiving"] == true && jobs[0]["queued"] == 1 {
+                assert_eq!(jobs[0]["tasks"][0]["name"], "a.jpg");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no receiving job: {jobs:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // ... then the client hangs up.
+        drop(conn);
+    }
+    // Nothing of any refused or abandoned upload is left as a job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let jobs: Value = http
+            .get(format!("{}/v1/jobs", daemon.base))
+            .bearer_auth(&auth)
+            .send()
+            .expect("send")
+            .json()
+            .expect("json");
+        if jobs.as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs left by failed uploads: {jobs:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

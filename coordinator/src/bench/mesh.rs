@@ -40,6 +40,8 @@ pub struct MeshReport {
     pub agents: usize,
     /// Slots per agent.
     pub slots_per_agent: usize,
+    /// The transport between coordinator and agents.
+    pub transport: super::Transport,
     /// `pixmesh run`, median seconds.
     pub local_seconds: f64,
     /// The mesh, median seconds (upload to last result downloaded).
@@ -211,7 +213,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     // The coordinator.
     let mut coordinator = Command::new(&exe)
         .args(["coordinator", "--listen", "127.0.0.1:0", "--no-mdns"])
-        .args(["--p2p-listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--data-dir"])
+        .args(["--p2p-listen", args.transport.loopback(), "--data-dir"])
         .arg(tmp.path().join("coordinator"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -250,12 +252,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut agent_pids = Vec::new();
     for i in 0..agents {
         let mut child = Command::new(&agent_exe)
-            .args([
-                "run",
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-            ])
+            .args(["run", "--no-mdns", "--listen", args.transport.loopback()])
             .args(["--bootstrap", &mesh_addr, "--join-token", &join])
             .args(["--concurrency", &slots.to_string(), "--data-dir"])
             .arg(tmp.path().join(format!("agent{i}")))
@@ -296,7 +293,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 .map(|b| (name, b))
                 .with_context(|| format!("cannot read {}", p.display()))
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()?;
+    // Largest first, as `pixmesh submit` sends them.
+    let mut images = images;
+    images.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
     let spec = pixmesh_protocol::JobSpec::from_compact(&steps)?;
     let pipeline = pixmesh_agent::pipeline::Pipeline::new(spec.clone(), Default::default())?;
     let out_local = tmp.path().join("local");
@@ -375,6 +375,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         jobs,
         agents,
         slots_per_agent: slots,
+        transport: args.transport,
         local_seconds: l,
         mesh_seconds: m,
         mesh_upload_seconds: median(&up_s),
@@ -406,8 +407,8 @@ fn print(r: &MeshReport, json: bool) -> Result<()> {
             .join(", ")
     };
     println!(
-        "{} photos; pixmesh run: {} threads; mesh: {} agents x {} slots (loopback, QUIC)",
-        r.images, r.jobs, r.agents, r.slots_per_agent
+        "{} photos; pixmesh run: {} threads; mesh: {} agents x {} slots (loopback, {:?})",
+        r.images, r.jobs, r.agents, r.slots_per_agent, r.transport
     );
     println!(
         "  pixmesh run   {:>8.3} s  {:>7.1} images/s",

@@ -35,6 +35,26 @@ pub enum Suite {
     Failover,
 }
 
+/// A libp2p transport for the mesh benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC (quinn): TLS 1.3, streams in the transport.
+    Quic,
+    /// TCP with noise and yamux.
+    Tcp,
+}
+
+impl Transport {
+    /// A loopback listen address on any free port.
+    pub fn loopback(self) -> &'static str {
+        match self {
+            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+        }
+    }
+}
+
 /// `pixmesh bench` arguments.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -69,6 +89,9 @@ pub struct BenchArgs {
     /// Plugins: timed calls for the 1x1 overhead figure.
     #[arg(long, default_value_t = 5000)]
     pub calls: usize,
+    /// Mesh: the transport between coordinator and agents.
+    #[arg(long, value_enum, default_value_t = Transport::Quic)]
+    pub transport: Transport,
     #[command(flatten)]
     pub sandbox: crate::cli::SandboxArgs,
 }
