@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pixmesh_protocol::{ContentId, JobSpec};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::scheduler::JobId;
 use crate::service::{Coordinator, ResultLookup};
@@ -147,14 +148,7 @@ async fn blocking<T: Send + 'static>(
 /// `POST /v1/jobs`: multipart with one `spec` (JSON) or `steps` (one-line
 /// form) field and one or more `image` file fields.
 async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Response, ApiError> {
-    let mut upload = Upload {
-        coordinator: state.coordinator.clone(),
-        job: None,
-        early: Vec::new(),
-        storing: Vec::new(),
-        names: std::collections::HashSet::new(),
-        seen_spec: false,
-    };
+    let mut upload = Upload::new(state.coordinator.clone());
     match upload.read(&mut form).await {
         Ok(()) => {}
         Err(e) => {
@@ -185,20 +179,25 @@ async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Re
 type Image = (String, ContentId, u64);
 
 /// A submit in progress. Each image is hashed and stored durably on the
-/// blocking pool as soon as it has arrived, while the next one uploads, and
-/// once the spec is known its task is queued at once: agents start on the
-/// first (largest, if the client sends them so) images before the last
-/// ones are in. The job is acknowledged only when [`Upload::seal`] has
-/// written that every image arrived; an upload that fails or is cut off
-/// drops the job and revokes its tasks (a restart drops it too).
+/// blocking pool as soon as it has arrived, while the next one uploads.
+/// Once the spec is known and the job written, a queuer task adds stored
+/// images to the job as they come — whatever has piled up in one batch —
+/// so agents start on the first (largest, if the client sends them so)
+/// images before the last ones are in, and a job of many small images
+/// costs a few transactions rather than one per image. The job is
+/// acknowledged only when [`Upload::seal`] has written that every image
+/// arrived; an upload that fails or is cut off drops the job and revokes
+/// its tasks, and a restart drops it too.
 struct Upload {
     coordinator: Arc<Coordinator>,
     /// The job, once the spec has been read and the job written.
     job: Option<JobId>,
-    /// Images stored before the spec arrived.
-    early: Vec<tokio::task::JoinHandle<anyhow::Result<Image>>>,
-    /// Images being stored (and queued) after it.
-    storing: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Where storing workers put each stored image (closed at the seal).
+    stored: Option<mpsc::UnboundedSender<anyhow::Result<Image>>>,
+    /// Stored images not yet queued: the queuer takes it once the job exists.
+    backlog: Option<mpsc::UnboundedReceiver<anyhow::Result<Image>>>,
+    /// The queuer, once the job exists.
+    queuer: Option<tokio::task::JoinHandle<Result<(), ApiError>>>,
     names: std::collections::HashSet<String>,
     seen_spec: bool,
 }
@@ -225,7 +224,38 @@ fn worker_failed(e: tokio::task::JoinError) -> ApiError {
     )
 }
 
+/// Add stored images to `job` as they arrive, in batches of whatever is
+/// waiting, until every storing worker is done.
+async fn queue_images(
+    coordinator: Arc<Coordinator>,
+    job: JobId,
+    mut stored: mpsc::UnboundedReceiver<anyhow::Result<Image>>,
+) -> Result<(), ApiError> {
+    while let Some(first) = stored.recv().await {
+        let mut batch = vec![first?];
+        while let Ok(more) = stored.try_recv() {
+            batch.push(more?);
+        }
+        let c = coordinator.clone();
+        blocking(move || c.add_inputs(job, &batch)).await?;
+    }
+    Ok(())
+}
+
 impl Upload {
+    fn new(coordinator: Arc<Coordinator>) -> Upload {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Upload {
+            coordinator,
+            job: None,
+            stored: Some(tx),
+            backlog: Some(rx),
+            queuer: None,
+            names: std::collections::HashSet::new(),
+            seen_spec: false,
+        }
+    }
+
     async fn read(&mut self, form: &mut Multipart) -> Result<(), ApiError> {
         while let Some(field) = form
             .next_field()
@@ -256,13 +286,10 @@ impl Upload {
                     let c = self.coordinator.clone();
                     let job = blocking(move || c.open_job(&spec)).await?;
                     self.job = Some(job);
-                    // Images that came before the spec join the job now.
-                    let mut early = Vec::with_capacity(self.early.len());
-                    for stored in std::mem::take(&mut self.early) {
-                        early.push(stored.await.map_err(worker_failed)??);
+                    if let Some(backlog) = self.backlog.take() {
+                        let c = self.coordinator.clone();
+                        self.queuer = Some(tokio::spawn(queue_images(c, job, backlog)));
                     }
-                    let c = self.coordinator.clone();
-                    blocking(move || c.add_inputs(job, &early)).await?;
                 }
                 "image" => {
                     let file = field.file_name().map(str::to_owned).unwrap_or_default();
@@ -284,25 +311,18 @@ impl Upload {
                         .bytes()
                         .await
                         .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
-                    let c = self.coordinator.clone();
-                    let store = move || {
+                    let (c, done) = (self.coordinator.clone(), self.stored.clone());
+                    tokio::task::spawn_blocking(move || {
                         let size = bytes.len() as u64;
-                        let id = c
+                        let stored = c
                             .store_input(bytes)
-                            .with_context(|| format!("cannot store {file}"))?;
-                        anyhow::Ok((file, id, size))
-                    };
-                    match self.job {
-                        None => self.early.push(tokio::task::spawn_blocking(store)),
-                        Some(job) => {
-                            let c = self.coordinator.clone();
-                            self.storing.push(tokio::task::spawn_blocking(move || {
-                                let image = store()?;
-                                c.add_inputs(job, &[image])?;
-                                Ok(())
-                            }));
+                            .with_context(|| format!("cannot store {file}"))
+                            .map(|id| (file, id, size));
+                        if let Some(done) = done {
+                            // Gone only if the upload was abandoned.
+                            let _ = done.send(stored);
                         }
-                    }
+                    });
                 }
                 other => {
                     return Err(bad(format!(
@@ -324,8 +344,10 @@ impl Upload {
 
     /// Wait until every image is stored and queued, then acknowledge.
     async fn seal(&mut self) -> Result<(JobId, usize), ApiError> {
-        for stored in std::mem::take(&mut self.storing) {
-            stored.await.map_err(worker_failed)??;
+        // The queuer ends once the last storing worker has reported.
+        self.stored = None;
+        if let Some(queuer) = self.queuer.take() {
+            queuer.await.map_err(worker_failed)??;
         }
         let job = self
             .job
@@ -338,8 +360,9 @@ impl Upload {
 
     /// Drop the job, once the images still being stored are done.
     async fn abort(&mut self) {
-        for stored in std::mem::take(&mut self.storing) {
-            let _ = stored.await;
+        self.stored = None;
+        if let Some(queuer) = self.queuer.take() {
+            let _ = queuer.await;
         }
         if let Some(job) = self.job.take() {
             let c = self.coordinator.clone();

@@ -395,17 +395,6 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Write a job over stored inputs in one go and acknowledge it.
-    pub fn submit(
-        &self,
-        spec: &JobSpec,
-        images: &[(String, ContentId, u64)],
-    ) -> Result<(JobId, usize)> {
-        let job = self.open_job(spec)?;
-        self.add_inputs(job, images)?;
-        Ok((job, self.seal_job(job)?))
-    }
-
     /// Advance the scheduler's clock.
     pub fn tick(&self) -> Result<()> {
         let now = self.now();
