@@ -141,7 +141,8 @@ impl BlobStore {
         Ok(id)
     }
 
-    /// Store `bytes` already hashed to `id` by the caller.
+    /// Store `bytes` that the caller has already checked hash to `id`
+    /// (a blob stream does, on the way in).
     pub fn put_verified(&self, id: ContentId, bytes: Bytes) -> Result<(), BlobError> {
         let path = self.path(&id);
         if !path.is_file() {

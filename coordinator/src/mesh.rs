@@ -34,15 +34,12 @@ impl BlobService for Blobs {
         Ok(bytes)
     }
 
-    fn put(&self, peer: &PeerId, _id: &ContentId, bytes: Vec<u8>) -> Result<(), String> {
+    fn put(&self, peer: &PeerId, id: &ContentId, bytes: Vec<u8>) -> Result<(), String> {
         if !self.0.is_enrolled(&peer.to_string()) {
             return Err("not enrolled".into());
         }
         self.0.metrics().blob("in", bytes.len());
-        self.0
-            .put_blob(bytes)
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"))
+        self.0.put_blob(*id, bytes).map_err(|e| format!("{e:#}"))
     }
 
     fn may_put(&self, peer: &PeerId, _size: u64) -> Result<(), String> {

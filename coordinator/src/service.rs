@@ -985,9 +985,10 @@ impl Coordinator {
         Ok(self.blobs.put(bytes)?)
     }
 
-    /// Store a blob from an agent (an output).
-    pub fn put_blob(&self, bytes: Vec<u8>) -> Result<ContentId> {
-        Ok(self.blobs.put(bytes)?)
+    /// Store a blob from an agent (an output), already checked by the
+    /// blob stream to hash to `id`.
+    pub fn put_blob(&self, id: ContentId, bytes: Vec<u8>) -> Result<()> {
+        Ok(self.blobs.put_verified(id, bytes.into())?)
     }
 
     /// Every finished output of a job as a tar archive, with the names
