@@ -106,6 +106,19 @@ fn migrations() -> Migrations<'static> {
     ])
 }
 
+/// True while `job` exists and its images are still arriving.
+fn receiving(conn: &Connection, job: JobId) -> Result<bool, StoreError> {
+    let r: Option<i64> = conn
+        .query_row(
+            "SELECT receiving FROM jobs WHERE id = ?1",
+            [job as i64],
+            |r| r.get(0),
+        )
+        .optional()
+        .ctx("reading a job")?;
+    Ok(r == Some(1))
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_ms() -> f64 {
     std::time::SystemTime::now()
@@ -229,15 +242,7 @@ impl Store {
         inputs: &[(String, ContentId)],
     ) -> Result<Option<Vec<TaskId>>, StoreError> {
         let tx = self.conn.transaction().ctx("starting to add tasks")?;
-        let receiving: Option<i64> = tx
-            .query_row(
-                "SELECT receiving FROM jobs WHERE id = ?1",
-                [job as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .ctx("reading a job")?;
-        if receiving != Some(1) {
+        if !receiving(&tx, job)? {
             return Ok(None);
         }
         let mut tasks = Vec::with_capacity(inputs.len());
@@ -294,16 +299,7 @@ impl Store {
 
     /// True while a job's images are still arriving.
     pub fn job_receiving(&self, job: JobId) -> Result<bool, StoreError> {
-        let r: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT receiving FROM jobs WHERE id = ?1",
-                [job as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .ctx("reading a job")?;
-        Ok(r == Some(1))
+        receiving(&self.conn, job)
     }
 
     /// A job's spec, if the job exists.

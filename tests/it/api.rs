@@ -266,6 +266,14 @@ fn malformed_submits_get_clear_errors() {
     );
     assert_eq!((s, e.contains("missing `spec`")), (400, true), "{e}");
 
+    let list_jobs = || -> Value {
+        http.get(format!("{}/v1/jobs", daemon.base))
+            .bearer_auth(&auth)
+            .send()
+            .expect("send")
+            .json()
+            .expect("json")
+    };
     // A client that hangs up in the middle of an upload: the spec and one
     // image arrived (so the job was written and its task queued), the rest
     // never does.
@@ -295,13 +303,7 @@ fn malformed_submits_get_clear_errors() {
         // queued (no agent here to run it) ...
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let jobs: Value = http
-                .get(format!("{}/v1/jobs", daemon.base))
-                .bearer_auth(&auth)
-                .send()
-                .expect("send")
-                .json()
-                .expect("json");
+            let jobs = list_jobs();
             if jobs[0]["receiving"] == true && jobs[0]["queued"] == 1 {
                 assert_eq!(jobs[0]["tasks"][0]["name"], "a.jpg");
                 break;
@@ -318,13 +320,7 @@ fn malformed_submits_get_clear_errors() {
     // Nothing of any refused or abandoned upload is left as a job.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let jobs: Value = http
-            .get(format!("{}/v1/jobs", daemon.base))
-            .bearer_auth(&auth)
-            .send()
-            .expect("send")
-            .json()
-            .expect("json");
+        let jobs = list_jobs();
         if jobs.as_array().is_some_and(|a| a.is_empty()) {
             break;
         }
