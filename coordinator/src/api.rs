@@ -178,6 +178,9 @@ async fn submit(State(state): State<AppState>, mut form: Multipart) -> Result<Re
 /// A stored input: its name, id and size.
 type Image = (String, ContentId, u64);
 
+/// A worker storing one image.
+type Storing = tokio::task::JoinHandle<anyhow::Result<Image>>;
+
 /// A submit in progress. Each image is hashed and stored durably on the
 /// blocking pool as soon as it has arrived, while the next one uploads.
 /// Once the spec is known and the job written, a queuer task adds stored
@@ -192,10 +195,10 @@ struct Upload {
     coordinator: Arc<Coordinator>,
     /// The job, once the spec has been read and the job written.
     job: Option<JobId>,
-    /// Where storing workers put each stored image (closed at the seal).
-    stored: Option<mpsc::UnboundedSender<anyhow::Result<Image>>>,
-    /// Stored images not yet queued: the queuer takes it once the job exists.
-    backlog: Option<mpsc::UnboundedReceiver<anyhow::Result<Image>>>,
+    /// Each image's storing worker, in upload order (closed at the seal).
+    stored: Option<mpsc::UnboundedSender<Storing>>,
+    /// Images not yet queued: the queuer takes it once the job exists.
+    backlog: Option<mpsc::UnboundedReceiver<Storing>>,
     /// The queuer, once the job exists.
     queuer: Option<tokio::task::JoinHandle<Result<(), ApiError>>>,
     names: std::collections::HashSet<String>,
@@ -224,20 +227,33 @@ fn worker_failed(e: tokio::task::JoinError) -> ApiError {
     )
 }
 
-/// Add stored images to `job` as they arrive, in batches of whatever is
-/// waiting, until every storing worker is done.
+/// Add stored images to `job` in upload order as they are stored, each
+/// time with every consecutive one already stored, until the last.
 async fn queue_images(
     coordinator: Arc<Coordinator>,
     job: JobId,
-    mut stored: mpsc::UnboundedReceiver<anyhow::Result<Image>>,
+    mut storing: mpsc::UnboundedReceiver<Storing>,
 ) -> Result<(), ApiError> {
-    while let Some(first) = stored.recv().await {
-        let mut batch = vec![first?];
-        while let Ok(more) = stored.try_recv() {
-            batch.push(more?);
+    let mut next = storing.recv().await;
+    while let Some(first) = next.take() {
+        let mut batch = vec![first.await.map_err(worker_failed)??];
+        loop {
+            match storing.try_recv() {
+                Ok(worker) if worker.is_finished() => {
+                    batch.push(worker.await.map_err(worker_failed)??);
+                }
+                Ok(worker) => {
+                    next = Some(worker);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         let c = coordinator.clone();
         blocking(move || c.add_inputs(job, &batch)).await?;
+        if next.is_none() {
+            next = storing.recv().await;
+        }
     }
     Ok(())
 }
@@ -311,18 +327,17 @@ impl Upload {
                         .bytes()
                         .await
                         .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
-                    let (c, done) = (self.coordinator.clone(), self.stored.clone());
-                    tokio::task::spawn_blocking(move || {
+                    let c = self.coordinator.clone();
+                    let worker = tokio::task::spawn_blocking(move || {
                         let size = bytes.len() as u64;
-                        let stored = c
-                            .store_input(bytes)
+                        c.store_input(bytes)
                             .with_context(|| format!("cannot store {file}"))
-                            .map(|id| (file, id, size));
-                        if let Some(done) = done {
-                            // Gone only if the upload was abandoned.
-                            let _ = done.send(stored);
-                        }
+                            .map(|id| (file, id, size))
                     });
+                    if let Some(queue) = &self.stored {
+                        // Closed only once the upload is over.
+                        let _ = queue.send(worker);
+                    }
                 }
                 other => {
                     return Err(bad(format!(

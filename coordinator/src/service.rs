@@ -336,14 +336,11 @@ impl Coordinator {
     }
 
     /// Add stored inputs (name, id, size; stored with
-    /// [`Coordinator::store_input`]) to a job that is still receiving and
-    /// queue them, largest first. Returns false if the job was dropped.
+    /// [`Coordinator::store_input`]) to a job that is still receiving, in
+    /// this order, and queue them, largest first. Returns false if the job
+    /// was dropped.
     pub fn add_inputs(&self, job: JobId, images: &[(String, ContentId, u64)]) -> Result<bool> {
-        let mut order: Vec<&(String, ContentId, u64)> = images.iter().collect();
-        // Largest first (LPT), as `pixmesh run` orders its work: the big
-        // images start early instead of finishing last on one agent.
-        order.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
-        let inputs: Vec<(String, ContentId)> = order
+        let inputs: Vec<(String, ContentId)> = images
             .iter()
             .map(|(name, id, _)| (name.clone(), *id))
             .collect();
@@ -358,7 +355,11 @@ impl Coordinator {
         self.metrics.queued(&tasks, crate::store::unix_ms());
         let plugins = plugin_ids(&spec);
         let mut actions = Vec::new();
-        for (task, (_, input)) in tasks.iter().zip(&inputs) {
+        // Largest first (LPT), as `pixmesh run` orders its work: the big
+        // images start early instead of finishing last on one agent.
+        let mut order: Vec<usize> = (0..tasks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(images[i].2));
+        for (task, (_, input)) in order.iter().map(|&i| (&tasks[i], &inputs[i])) {
             let spec = TaskSpec {
                 id: *task,
                 job,
