@@ -373,28 +373,42 @@ impl Agent {
                 })?;
             set.insert(p.plugin.clone(), plugin);
         }
-        let mut control = self.node.stream_control();
-        let input = blob::fetch(
-            &mut control,
-            coordinator,
-            a.input,
-            self.config.limits.max_input_bytes,
-        )
-        .await
-        .map_err(|e| match e {
-            blob::BlobError::TooLarge { .. } => TaskFailure::fatal(e.to_string()),
-            _ => TaskFailure::retry(format!("cannot fetch the input: {e}")),
-        })?;
-        let fetch_ms = started.elapsed().as_secs_f64() * 1e3;
-        let input_len = input.len();
         let pipeline = Pipeline::with_plugins(a.spec.clone(), self.config.limits, set)
             .map_err(|e| TaskFailure::fatal(e.to_string()))?;
+        // Decode while the input arrives: the fetch hands each chunk over as
+        // soon as it is in (the channel holds what the decoder has not read
+        // yet, so memory is as if the blob were fetched whole), and the
+        // result counts only once every byte is in and the whole hashes to
+        // the input's id. Dropping the sender (fetch over, failed or this
+        // task aborted) ends the decoder's input.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut control = self.node.stream_control();
+        let limit = self.config.limits.max_input_bytes;
+        let fetch = async move {
+            let fetched =
+                blob::fetch_streaming(&mut control, coordinator, a.input, limit, |_, c| {
+                    // The decoder may be done early (a progressive JPEG at 1/8
+                    // scale needs only its DC scans); the rest is still hashed.
+                    let _ = tx.send(c.to_vec());
+                })
+                .await;
+            (fetched, started.elapsed().as_secs_f64() * 1e3)
+        };
+        // The pipeline starts with the fetch and overlaps it, so its time
+        // includes waiting for bytes the decoder needs before they arrive.
         let began = Instant::now();
-        let processed = tokio::task::spawn_blocking(move || pipeline.process(&input))
-            .await
-            .map_err(|e| TaskFailure::retry(format!("worker failed: {e}")))?
-            .map_err(|e| TaskFailure::fatal(e.to_string()))?;
-        let process_ms = began.elapsed().as_secs_f64() * 1e3;
+        let process = tokio::task::spawn_blocking(move || {
+            let processed = pipeline.process_chunks(&mut || rx.recv().ok());
+            (processed, began.elapsed().as_secs_f64() * 1e3)
+        });
+        let ((fetched, fetch_ms), processed) = tokio::join!(fetch, process);
+        let input_len = fetched.map_err(|e| match e {
+            blob::BlobError::TooLarge { .. } => TaskFailure::fatal(e.to_string()),
+            _ => TaskFailure::retry(format!("cannot fetch the input: {e}")),
+        })? as usize;
+        let (processed, process_ms) =
+            processed.map_err(|e| TaskFailure::retry(format!("worker failed: {e}")))?;
+        let processed = processed.map_err(|e| TaskFailure::fatal(e.to_string()))?;
         let pushed = Instant::now();
         // A computed result is worth keeping through a network cut: keep
         // offering it while the link is down (the coordinator's fencing

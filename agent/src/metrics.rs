@@ -69,7 +69,11 @@ impl TaskTimes {
                 "Time fetching a task's input and plugins",
                 &t.fetch,
             ),
-            ("task_process", "Time running a task's pipeline", &t.process),
+            (
+                "task_process",
+                "Time running a task's pipeline (it starts with the input fetch and overlaps it)",
+                &t.process,
+            ),
             ("task_upload", "Time uploading a task's output", &t.upload),
         ] {
             r.register_with_unit(name, help, Unit::Seconds, h.clone());
@@ -92,7 +96,7 @@ impl TaskTimes {
 pub struct TaskCost {
     /// Fetching the input and plugins, ms.
     pub fetch_ms: f64,
-    /// The pipeline, ms.
+    /// The pipeline, ms; it starts with the input fetch and overlaps it.
     pub process_ms: f64,
     /// Uploading the output, ms.
     pub upload_ms: f64,

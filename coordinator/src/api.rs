@@ -274,7 +274,7 @@ impl Upload {
     }
 
     async fn read(&mut self, form: &mut Multipart) -> Result<(), ApiError> {
-        while let Some(field) = form
+        while let Some(mut field) = form
             .next_field()
             .await
             .map_err(|e| bad(format!("bad multipart body: {e}")))?
@@ -324,12 +324,20 @@ impl Upload {
                             "two images are named {file:?}; names must be unique in a job"
                         )));
                     }
-                    let bytes = field
-                        .bytes()
+                    // Keep the chunks as they come and join them once, at
+                    // the final size, on the blocking pool (collecting into
+                    // one growing buffer copied a large photo several times).
+                    let mut chunks = Vec::new();
+                    while let Some(chunk) = field
+                        .chunk()
                         .await
-                        .map_err(|e| bad(format!("cannot read image {file}: {e}")))?;
+                        .map_err(|e| bad(format!("cannot read image {file}: {e}")))?
+                    {
+                        chunks.push(chunk);
+                    }
                     let c = self.coordinator.clone();
                     let worker = tokio::task::spawn_blocking(move || {
+                        let bytes = join_chunks(chunks);
                         let size = bytes.len() as u64;
                         c.store_input(bytes)
                             .with_context(|| format!("cannot store {file}"))
@@ -650,4 +658,16 @@ async fn revoke_token(
     } else {
         Err(not_found(format!("no join token {id}")))
     }
+}
+
+/// One buffer holding `chunks` in order; a single chunk is taken as is.
+fn join_chunks(mut chunks: Vec<bytes::Bytes>) -> bytes::Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut joined = bytes::BytesMut::with_capacity(chunks.iter().map(bytes::Bytes::len).sum());
+    for chunk in &chunks {
+        joined.extend_from_slice(chunk);
+    }
+    joined.freeze()
 }

@@ -152,27 +152,32 @@ async fn write_refusal(stream: &mut Stream, reason: &str) -> std::io::Result<()>
     stream.close().await
 }
 
-/// Read a body of `size` bytes and hash it on the way in, chunk by chunk
-/// while the rest is still arriving, so the check costs no extra pass
-/// after the last byte. Returns the bytes and their id.
-async fn read_body(stream: &mut Stream, size: u64) -> std::io::Result<(Vec<u8>, ContentId)> {
+/// Read a body of `size` bytes, hashing each chunk as it arrives and handing
+/// it to `sink` (with the announced size), so the check costs no extra pass
+/// after the last byte. Returns the id the bytes hash to.
+async fn read_body(
+    stream: &mut Stream,
+    size: u64,
+    sink: &mut (dyn FnMut(u64, &[u8]) + Send),
+) -> std::io::Result<ContentId> {
     const CHUNK: usize = 256 << 10;
-    let mut bytes = Vec::with_capacity(size as usize);
     let mut hasher = blake3::Hasher::new();
     let mut chunk = vec![0u8; CHUNK.min(size as usize).max(1)];
-    while (bytes.len() as u64) < size {
-        let want = chunk.len().min((size - bytes.len() as u64) as usize);
+    let mut read = 0u64;
+    while read < size {
+        let want = chunk.len().min((size - read) as usize);
         let n = stream.read(&mut chunk[..want]).await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("stream ended after {} of {size} bytes", bytes.len()),
+                format!("stream ended after {read} of {size} bytes"),
             ));
         }
         hasher.update(&chunk[..n]);
-        bytes.extend_from_slice(&chunk[..n]);
+        sink(size, &chunk[..n]);
+        read += n as u64;
     }
-    Ok((bytes, ContentId::from(*hasher.finalize().as_bytes())))
+    Ok(ContentId::from(*hasher.finalize().as_bytes()))
 }
 
 async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, BlobError> {
@@ -194,9 +199,32 @@ pub async fn fetch(
     id: ContentId,
     limit: u64,
 ) -> Result<Vec<u8>, BlobError> {
+    let mut bytes = Vec::new();
+    fetch_streaming(control, peer, id, limit, |size, chunk| {
+        if bytes.is_empty() {
+            bytes.reserve_exact(size as usize);
+        }
+        bytes.extend_from_slice(chunk);
+    })
+    .await?;
+    Ok(bytes)
+}
+
+/// As [`fetch`], but hand each chunk to `sink` (with the blob's size) as
+/// soon as it has arrived, so the receiver can start on the first bytes
+/// while the rest are on the way. Returns the size once the last byte is in
+/// and the whole hashes to `id`: whatever the receiver made of the chunks
+/// must be thrown away unless this returns `Ok`.
+pub async fn fetch_streaming(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    id: ContentId,
+    limit: u64,
+    mut sink: impl FnMut(u64, &[u8]) + Send,
+) -> Result<u64, BlobError> {
     let mut stream = open(control, peer).await?;
     enum Got {
-        Bytes((Vec<u8>, ContentId)),
+        Body(u64, ContentId),
         Refused(String),
         TooLarge(u64),
     }
@@ -215,13 +243,14 @@ pub async fn fetch(
         if size > limit {
             return Ok(Got::TooLarge(size));
         }
-        Ok(Got::Bytes(read_body(&mut stream, size).await?))
+        let got = read_body(&mut stream, size, &mut sink).await?;
+        Ok(Got::Body(size, got))
     })
     .await?;
     let _ = stream.close().await;
     match got {
-        Got::Bytes((bytes, got)) if got == id => Ok(bytes),
-        Got::Bytes(_) => Err(BlobError::Corrupt { peer, id }),
+        Got::Body(size, got) if got == id => Ok(size),
+        Got::Body(..) => Err(BlobError::Corrupt { peer, id }),
         Got::Refused(reason) => Err(BlobError::Refused { peer, id, reason }),
         Got::TooLarge(size) => Err(BlobError::TooLarge { id, size, limit }),
     }
@@ -328,7 +357,11 @@ async fn handle(
                 }
                 stream.write_all(&[STATUS_OK]).await?;
                 stream.flush().await?;
-                let (bytes, got) = read_body(&mut stream, size).await?;
+                let mut bytes = Vec::with_capacity(size as usize);
+                let got = read_body(&mut stream, size, &mut |_, chunk| {
+                    bytes.extend_from_slice(chunk)
+                })
+                .await?;
                 if got != id {
                     return write_refusal(&mut stream, "bytes do not hash to the id").await;
                 }

@@ -265,3 +265,126 @@ fn libjpeg_memory_and_scan_counts_are_capped() {
     let ok = jpeg::decode(&many, 1, 1 << 30, jpeg::MAX_SCANS).expect("88 scans is fine");
     assert_eq!((ok.width, ok.height), (16, 16));
 }
+
+/// Feed `bytes` to `process_chunks` in pieces of `size`.
+fn process_in_chunks(
+    pipeline: &Pipeline,
+    bytes: &[u8],
+    size: usize,
+) -> Result<pipeline::Processed, pipeline::PipelineError> {
+    let mut pieces = bytes.chunks(size).map(<[u8]>::to_vec);
+    pipeline.process_chunks(&mut || pieces.next())
+}
+
+#[test]
+fn decoding_while_the_bytes_arrive_gives_the_same_output() {
+    // Agents decode an input while it is still arriving. Every photo, through
+    // the DC-only path (1/8), a DCT shrink, and a full decode, must come out
+    // byte for byte as `process` on the whole buffer makes it, whatever the
+    // chunk size (one byte splits every marker and length field).
+    let photos = photos();
+    let progressive = photos
+        .iter()
+        .filter(|p| {
+            let b = std::fs::read(p).expect("read");
+            jpeg::read_header(&b)
+                .map(|h| h.progressive)
+                .unwrap_or(false)
+        })
+        .count();
+    assert!(progressive > 0, "the corpus has progressive JPEGs");
+    for steps in [
+        "orient | resize 256x256 fit=inside | jpeg q=80",
+        "resize 1200x1200 fit=inside | webp q=80",
+        "orient | grayscale | png",
+    ] {
+        let pipeline = Pipeline::new(
+            JobSpec::from_compact(steps).expect("spec"),
+            Limits::default(),
+        )
+        .expect("pipeline");
+        for path in &photos {
+            let bytes = std::fs::read(path).expect("read");
+            let whole = pipeline.process(&bytes).expect("process");
+            let sizes: &[usize] = if bytes.len() < 300_000 {
+                &[1, 4096, 1 << 20]
+            } else {
+                &[65_536]
+            };
+            for &size in sizes {
+                let streamed = process_in_chunks(&pipeline, &bytes, size).unwrap_or_else(|e| {
+                    panic!("{} in {size}-byte chunks, `{steps}`: {e}", path.display())
+                });
+                assert_eq!(
+                    (streamed.width, streamed.height, streamed.shrink),
+                    (whole.width, whole.height, whole.shrink),
+                    "{} `{steps}`",
+                    path.display()
+                );
+                assert!(
+                    streamed.bytes == whole.bytes,
+                    "{} in {size}-byte chunks, `{steps}`: output differs",
+                    path.display()
+                );
+            }
+        }
+    }
+    // Not a JPEG: gathered, then processed as a whole.
+    let mut png = Vec::new();
+    DynamicImage::ImageRgb8(RgbImage::from_raw(40, 20, two_halves()).expect("40x20"))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encode png");
+    let pipeline = Pipeline::new(
+        JobSpec::from_compact("png").expect("spec"),
+        Limits::default(),
+    )
+    .expect("pipeline");
+    let whole = pipeline.process(&png).expect("png");
+    let streamed = process_in_chunks(&pipeline, &png, 7).expect("png in chunks");
+    assert_eq!(streamed.bytes, whole.bytes);
+}
+
+#[test]
+fn a_stream_that_ends_early_or_carries_too_many_pixels_fails_cleanly() {
+    // A baseline JPEG: every byte of it is needed (the DC-only path may
+    // stop reading a progressive one before its end).
+    let bytes = photos()
+        .into_iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .find(|b| jpeg::read_header(b).is_ok_and(|h| !h.progressive))
+        .expect("a baseline JPEG");
+    let pipeline = Pipeline::new(
+        JobSpec::from_compact("resize 64x64 | jpeg").expect("spec"),
+        Limits::default(),
+    )
+    .expect("pipeline");
+    for cut in [1, 10, 200, bytes.len() / 2, bytes.len() - 2] {
+        let e = process_in_chunks(&pipeline, &bytes[..cut], 1000)
+            .expect_err("a truncated stream must fail");
+        assert!(
+            matches!(
+                e,
+                pipeline::PipelineError::Decode { .. }
+                    | pipeline::PipelineError::Unsupported(_)
+                    | pipeline::PipelineError::Empty
+            ),
+            "cut at {cut}: {e}"
+        );
+    }
+    assert!(matches!(
+        process_in_chunks(&pipeline, &[], 1000),
+        Err(pipeline::PipelineError::Empty)
+    ));
+    // The pixel limit is checked on the header, before any pixel is decoded.
+    let tight = Limits {
+        max_pixels: 1000,
+        ..Limits::default()
+    };
+    let pipeline =
+        Pipeline::new(JobSpec::from_compact("jpeg").expect("spec"), tight).expect("pipeline");
+    let e = process_in_chunks(&pipeline, &bytes, 4096).expect_err("over the pixel limit");
+    assert!(
+        matches!(e, pipeline::PipelineError::TooManyPixels { .. }),
+        "{e}"
+    );
+}

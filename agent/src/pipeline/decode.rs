@@ -149,20 +149,7 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe, PipelineError> {
     let format = sniff(bytes)?;
     let probe = match format {
         SourceFormat::Jpeg => {
-            let h = jpeg::read_header(bytes).map_err(|e| decode_error(format, e))?;
-            let orientation = h
-                .exif
-                .as_deref()
-                .and_then(Orientation::from_exif_chunk)
-                .unwrap_or(Orientation::NoTransforms);
-            Probe {
-                format,
-                width: h.width,
-                height: h.height,
-                orientation,
-                exif: h.exif,
-                icc: h.icc,
-            }
+            jpeg_probe(jpeg::read_header(bytes).map_err(|e| decode_error(format, e))?)
         }
         _ => {
             let mut decoder = reader(bytes, format, limits)
@@ -187,6 +174,44 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe, PipelineError> {
     Ok(probe)
 }
 
+/// What a JPEG's header says, as a [`Probe`].
+pub(super) fn jpeg_probe(h: jpeg::Header) -> Probe {
+    let orientation = h
+        .exif
+        .as_deref()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    Probe {
+        format: SourceFormat::Jpeg,
+        width: h.width,
+        height: h.height,
+        orientation,
+        exif: h.exif,
+        icc: h.icc,
+    }
+}
+
+/// Check a probe's dimensions against the pixel limit.
+pub(super) fn check_probe(probe: &Probe, limits: &Limits) -> Result<(), PipelineError> {
+    check_pixels(probe.width, probe.height, limits)
+}
+
+/// Decoded JPEG pixels as an image.
+pub(super) fn jpeg_image(d: jpeg::Decoded) -> Result<DynamicImage, PipelineError> {
+    let img = image::RgbImage::from_raw(d.width, d.height, d.rgb).ok_or_else(|| {
+        decode_error(
+            SourceFormat::Jpeg,
+            "decoder returned a buffer of the wrong size",
+        )
+    })?;
+    Ok(DynamicImage::ImageRgb8(img))
+}
+
+/// A JPEG decoding error.
+pub(super) fn jpeg_error(e: jpeg::JpegError) -> PipelineError {
+    decode_error(SourceFormat::Jpeg, e)
+}
+
 /// Decode to RGB8 (no alpha in the source) or RGBA8. JPEGs are shrunk by
 /// `1/jpeg_shrink` during decoding (1, 2, 4 or 8); other formats ignore it.
 pub fn decode(
@@ -204,9 +229,7 @@ pub fn decode(
             jpeg::MAX_SCANS,
         )
         .map_err(|e| decode_error(format, e))?;
-        let img = image::RgbImage::from_raw(d.width, d.height, d.rgb)
-            .ok_or_else(|| decode_error(format, "decoder returned a buffer of the wrong size"))?;
-        return Ok(DynamicImage::ImageRgb8(img));
+        return jpeg_image(d);
     }
     let img = reader(bytes, format, limits)
         .decode()

@@ -21,7 +21,7 @@
 //!
 //! This module must not know about pipelines or specs: bytes in, pixels out.
 
-use std::ffi::{CStr, c_int, c_uint, c_ulong};
+use std::ffi::{CStr, c_int, c_long, c_uint, c_ulong};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::{mem, ptr};
 
@@ -154,13 +154,87 @@ fn new_error_mgr() -> Box<ffi::jpeg_error_mgr> {
     err
 }
 
-/// A decompressor reading from a borrowed buffer. Dropping it (also while
+/// Where a decompressor reads the compressed bytes from.
+enum Input<'a> {
+    /// All of them, in memory.
+    Bytes(&'a [u8]),
+    /// Chunk by chunk as they arrive; `None` ends the input.
+    Chunks(&'a mut dyn FnMut() -> Option<Vec<u8>>),
+}
+
+/// libjpeg's source manager over [`Input::Chunks`]; `public` must stay
+/// first so a pointer to it is a pointer to the whole. `fill_input_buffer`
+/// blocks in `next` until the next chunk is in, so this runs on a thread
+/// that may block; it never suspends.
+#[repr(C)]
+struct ChunkSource<'a> {
+    public: ffi::jpeg_source_mgr,
+    next: &'a mut dyn FnMut() -> Option<Vec<u8>>,
+    /// The chunk `public` points into.
+    current: Vec<u8>,
+}
+
+unsafe extern "C-unwind" fn chunk_init(_: &mut ffi::jpeg_decompress_struct) {}
+
+unsafe extern "C-unwind" fn chunk_term(_: &mut ffi::jpeg_decompress_struct) {}
+
+unsafe extern "C-unwind" fn chunk_fill(cinfo: &mut ffi::jpeg_decompress_struct) -> ffi::boolean {
+    // SAFETY: `src` points at the `public` field, first in the #[repr(C)]
+    // ChunkSource the Session owns (a separate allocation from cinfo).
+    let src = unsafe { &mut *(cinfo.src as *mut ChunkSource<'_>) };
+    loop {
+        match (src.next)() {
+            Some(chunk) if chunk.is_empty() => continue,
+            Some(chunk) => {
+                src.current = chunk;
+                src.public.next_input_byte = src.current.as_ptr();
+                src.public.bytes_in_buffer = src.current.len();
+                return 1;
+            }
+            // What libjpeg's memory source reports (as a warning, which we
+            // treat as an error) when the data runs out.
+            None => resume_unwind(Box::new(Failure("Premature end of JPEG file".into()))),
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn chunk_skip(cinfo: &mut ffi::jpeg_decompress_struct, num_bytes: c_long) {
+    let Ok(mut left) = usize::try_from(num_bytes) else {
+        return;
+    };
+    loop {
+        // SAFETY: as in chunk_fill; the borrow ends before chunk_fill runs.
+        let src = unsafe { &mut *(cinfo.src as *mut ChunkSource<'_>) };
+        if left <= src.public.bytes_in_buffer {
+            // SAFETY: stays within the current chunk.
+            src.public.next_input_byte = unsafe { src.public.next_input_byte.add(left) };
+            src.public.bytes_in_buffer -= left;
+            return;
+        }
+        left -= src.public.bytes_in_buffer;
+        src.public.bytes_in_buffer = 0;
+        // SAFETY: same contract; it returns only with a non-empty chunk.
+        unsafe { chunk_fill(cinfo) };
+    }
+}
+
+unsafe extern "C-unwind" fn chunk_resync(
+    cinfo: &mut ffi::jpeg_decompress_struct,
+    desired: c_int,
+) -> ffi::boolean {
+    // SAFETY: libjpeg's default, as every source manager uses.
+    unsafe { ffi::jpeg_resync_to_restart(cinfo, desired) }
+}
+
+/// A decompressor reading from an [`Input`]. Dropping it (also while
 /// unwinding) releases libjpeg's memory.
 struct Session<'a> {
     cinfo: Box<ffi::jpeg_decompress_struct>,
     _err: Box<ffi::jpeg_error_mgr>,
     progress: Box<Progress>,
-    _input: &'a [u8],
+    /// Set for [`Input::Chunks`]; dropped after cinfo is destroyed.
+    _source: Option<Box<ChunkSource<'a>>>,
+    _input: std::marker::PhantomData<&'a [u8]>,
 }
 
 impl<'a> Session<'a> {
@@ -168,7 +242,7 @@ impl<'a> Session<'a> {
     /// libjpeg may allocate at most `max_memory` bytes (it has no backing
     /// store, so a larger need, such as a huge progressive coefficient
     /// buffer, is an error rather than an allocation).
-    fn new(input: &'a [u8], max_memory: u64, max_scans: u32) -> Session<'a> {
+    fn new(input: Input<'a>, max_memory: u64, max_scans: u32) -> Session<'a> {
         let mut err = new_error_mgr();
         let progress = Box::new(Progress {
             public: ffi::jpeg_progress_mgr {
@@ -190,7 +264,8 @@ impl<'a> Session<'a> {
             cinfo,
             _err: err,
             progress,
-            _input: input,
+            _source: None,
+            _input: std::marker::PhantomData,
         };
         unsafe {
             // Creation zeroes everything but `err`: set the rest after it.
@@ -198,7 +273,28 @@ impl<'a> Session<'a> {
             session.cinfo.common.progress = &mut session.progress.public;
             (*session.cinfo.common.mem).max_memory_to_use =
                 std::ffi::c_long::try_from(max_memory).unwrap_or(std::ffi::c_long::MAX);
-            ffi::jpeg_mem_src(&mut session.cinfo, input.as_ptr(), input.len() as c_ulong);
+            match input {
+                Input::Bytes(bytes) => {
+                    ffi::jpeg_mem_src(&mut session.cinfo, bytes.as_ptr(), bytes.len() as c_ulong)
+                }
+                Input::Chunks(next) => {
+                    let mut source = Box::new(ChunkSource {
+                        public: ffi::jpeg_source_mgr {
+                            next_input_byte: ptr::null(),
+                            bytes_in_buffer: 0,
+                            init_source: Some(chunk_init),
+                            fill_input_buffer: Some(chunk_fill),
+                            skip_input_data: Some(chunk_skip),
+                            resync_to_restart: Some(chunk_resync),
+                            term_source: Some(chunk_term),
+                        },
+                        next,
+                        current: Vec::new(),
+                    });
+                    session.cinfo.src = &mut source.public;
+                    session._source = Some(source);
+                }
+            }
             ffi::jpeg_save_markers(&mut session.cinfo, APP1, 0xFFFF);
             ffi::jpeg_save_markers(&mut session.cinfo, APP2, 0xFFFF);
             ffi::jpeg_read_header(&mut session.cinfo, 1);
@@ -291,7 +387,7 @@ const HEADER_MEMORY: u64 = 64 << 20;
 
 /// Read the header: dimensions, progressive flag, EXIF and ICC.
 pub fn read_header(input: &[u8]) -> Result<Header, JpegError> {
-    guarded(|| Session::new(input, HEADER_MEMORY, MAX_SCANS).header())
+    guarded(|| Session::new(Input::Bytes(input), HEADER_MEMORY, MAX_SCANS).header())
 }
 
 /// Decode to RGB, shrinking by `1/denom` (1, 2, 4 or 8) in the inverse DCT.
@@ -306,55 +402,80 @@ pub fn decode(
     max_memory: u64,
     max_scans: u32,
 ) -> Result<Decoded, JpegError> {
+    guarded(|| {
+        let mut s = Session::new(Input::Bytes(input), max_memory, max_scans);
+        decode_session(&mut s, denom)
+    })
+}
+
+/// Read the header and decode in one pass over bytes that arrive chunk by
+/// chunk from `next` (`None` ends them; blocking in `next` is expected).
+/// `choose` sees the header and returns the shrink to decode at, or `None`
+/// to stop there (the caller records why); then the result is `Ok(None)`.
+/// Same pixels as [`read_header`] + [`decode`] on the whole buffer.
+pub fn decode_chunks(
+    next: &mut dyn FnMut() -> Option<Vec<u8>>,
+    max_memory: u64,
+    max_scans: u32,
+    choose: &mut dyn FnMut(&Header) -> Option<u8>,
+) -> Result<Option<(Header, Decoded)>, JpegError> {
+    guarded(|| {
+        let mut s = Session::new(Input::Chunks(next), max_memory, max_scans);
+        let header = s.header();
+        let denom = choose(&header)?;
+        let decoded = decode_session(&mut s, denom);
+        Some((header, decoded))
+    })
+}
+
+/// Decode a session whose header has been read. Must run inside [`guarded`].
+fn decode_session(s: &mut Session<'_>, denom: u8) -> Decoded {
     let denom = match denom {
         1 | 2 | 4 | 8 => denom,
         _ => 8,
     };
-    guarded(|| {
-        let mut s = Session::new(input, max_memory, max_scans);
-        let progressive = unsafe { ffi::jpeg_has_multiple_scans(&s.cinfo) } != 0;
-        let dc_only = progressive && denom == 8;
-        {
-            let c = &mut *s.cinfo;
-            c.out_color_space = ffi::J_COLOR_SPACE::JCS_RGB;
-            c.scale_num = 1;
-            c.scale_denom = c_uint::from(denom);
-            if dc_only {
-                c.buffered_image = 1;
-                c.do_block_smoothing = 0;
-            }
+    let progressive = unsafe { ffi::jpeg_has_multiple_scans(&s.cinfo) } != 0;
+    let dc_only = progressive && denom == 8;
+    {
+        let c = &mut *s.cinfo;
+        c.out_color_space = ffi::J_COLOR_SPACE::JCS_RGB;
+        c.scale_num = 1;
+        c.scale_denom = c_uint::from(denom);
+        if dc_only {
+            c.buffered_image = 1;
+            c.do_block_smoothing = 0;
         }
-        unsafe { ffi::jpeg_start_decompress(&mut s.cinfo) };
-        let rgb = if dc_only {
-            loop {
-                match unsafe { ffi::jpeg_consume_input(&mut s.cinfo) } {
-                    JPEG_REACHED_EOI => break,
-                    JPEG_SCAN_COMPLETED if s.dc_complete() => break,
-                    JPEG_SUSPENDED => {
-                        resume_unwind(Box::new(Failure("premature end of JPEG data".into())))
-                    }
-                    _ => {}
+    }
+    unsafe { ffi::jpeg_start_decompress(&mut s.cinfo) };
+    let rgb = if dc_only {
+        loop {
+            match unsafe { ffi::jpeg_consume_input(&mut s.cinfo) } {
+                JPEG_REACHED_EOI => break,
+                JPEG_SCAN_COMPLETED if s.dc_complete() => break,
+                JPEG_SUSPENDED => {
+                    resume_unwind(Box::new(Failure("premature end of JPEG data".into())))
                 }
+                _ => {}
             }
-            let scan = s.cinfo.input_scan_number;
-            unsafe { ffi::jpeg_start_output(&mut s.cinfo, scan) };
-            let rgb = s.read_rgb();
-            unsafe { ffi::jpeg_finish_output(&mut s.cinfo) };
-            // The AC scans are deliberately left unread.
-            unsafe { ffi::jpeg_abort_decompress(&mut s.cinfo) };
-            rgb
-        } else {
-            let rgb = s.read_rgb();
-            unsafe { ffi::jpeg_finish_decompress(&mut s.cinfo) };
-            rgb
-        };
-        Decoded {
-            width: s.cinfo.output_width,
-            height: s.cinfo.output_height,
-            rgb,
-            dc_only,
         }
-    })
+        let scan = s.cinfo.input_scan_number;
+        unsafe { ffi::jpeg_start_output(&mut s.cinfo, scan) };
+        let rgb = s.read_rgb();
+        unsafe { ffi::jpeg_finish_output(&mut s.cinfo) };
+        // The AC scans are deliberately left unread.
+        unsafe { ffi::jpeg_abort_decompress(&mut s.cinfo) };
+        rgb
+    } else {
+        let rgb = s.read_rgb();
+        unsafe { ffi::jpeg_finish_decompress(&mut s.cinfo) };
+        rgb
+    };
+    Decoded {
+        width: s.cinfo.output_width,
+        height: s.cinfo.output_height,
+        rgb,
+        dc_only,
+    }
 }
 
 /// Which DCT shrink (1, 2, 4 or 8) to decode at, given the full size and the

@@ -152,6 +152,76 @@ impl Pipeline {
         let probe = decode::probe(bytes, &self.limits)?;
         let shrink = self.jpeg_shrink(&probe);
         let img = decode::decode(bytes, &probe, shrink, &self.limits)?;
+        self.finish(probe, shrink, img)
+    }
+
+    /// As [`Pipeline::process`], for an image whose bytes arrive chunk by
+    /// chunk from `next` (`None` ends them; `next` may block): a JPEG is
+    /// decoded while the rest is still arriving, anything else is gathered
+    /// first. The output is the same as `process` on all the bytes. The
+    /// caller enforces the input's byte limit (the agent's blob fetch
+    /// refuses a larger blob before reading it) and must not use the result
+    /// unless the bytes were complete and verified.
+    pub fn process_chunks(
+        &self,
+        next: &mut dyn FnMut() -> Option<Vec<u8>>,
+    ) -> Result<Processed, PipelineError> {
+        // Enough to sniff the format (its longest signature is 12 bytes).
+        let mut head = Vec::new();
+        let mut ended = false;
+        while head.len() < 16 && !ended {
+            match next() {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => ended = true,
+            }
+        }
+        if ended || decode::sniff(&head).ok() != Some(SourceFormat::Jpeg) {
+            while !ended {
+                match next() {
+                    Some(chunk) => head.extend_from_slice(&chunk),
+                    None => ended = true,
+                }
+            }
+            return self.process(&head);
+        }
+        let mut first = Some(head);
+        let mut feed = || first.take().or_else(&mut *next);
+        let mut chosen = None;
+        let mut refused = None;
+        let decoded = jpeg::decode_chunks(
+            &mut feed,
+            self.limits.max_decoder_alloc(),
+            jpeg::MAX_SCANS,
+            &mut |header| {
+                let probe = decode::jpeg_probe(header.clone());
+                if let Err(e) = decode::check_probe(&probe, &self.limits) {
+                    refused = Some(e);
+                    return None;
+                }
+                let shrink = self.jpeg_shrink(&probe);
+                chosen = Some((probe, shrink));
+                Some(shrink)
+            },
+        )
+        .map_err(decode::jpeg_error)?;
+        match (decoded, chosen, refused) {
+            (Some((_, d)), Some((probe, shrink)), _) => {
+                self.finish(probe, shrink, decode::jpeg_image(d)?)
+            }
+            (_, _, Some(e)) => Err(e),
+            _ => Err(decode::jpeg_error(jpeg::JpegError(
+                "decoder stopped after the header".into(),
+            ))),
+        }
+    }
+
+    /// Run the steps on a decoded image and encode the result.
+    fn finish(
+        &self,
+        probe: Probe,
+        shrink: u8,
+        img: image::DynamicImage,
+    ) -> Result<Processed, PipelineError> {
         let logical = (shrink > 1).then_some((probe.width, probe.height));
         let mut frame = Frame {
             img,
