@@ -410,21 +410,19 @@ pub fn decode(
 
 /// Read the header and decode in one pass over bytes that arrive chunk by
 /// chunk from `next` (`None` ends them; blocking in `next` is expected).
-/// `choose` sees the header and returns the shrink to decode at, or `None`
+/// `choose` takes the header and returns the shrink to decode at, or `None`
 /// to stop there (the caller records why); then the result is `Ok(None)`.
 /// Same pixels as [`read_header`] + [`decode`] on the whole buffer.
 pub fn decode_chunks(
     next: &mut dyn FnMut() -> Option<Vec<u8>>,
     max_memory: u64,
     max_scans: u32,
-    choose: &mut dyn FnMut(&Header) -> Option<u8>,
-) -> Result<Option<(Header, Decoded)>, JpegError> {
+    choose: &mut dyn FnMut(Header) -> Option<u8>,
+) -> Result<Option<Decoded>, JpegError> {
     guarded(|| {
         let mut s = Session::new(Input::Chunks(next), max_memory, max_scans);
-        let header = s.header();
-        let denom = choose(&header)?;
-        let decoded = decode_session(&mut s, denom);
-        Some((header, decoded))
+        let denom = choose(s.header())?;
+        Some(decode_session(&mut s, denom))
     })
 }
 

@@ -186,33 +186,30 @@ impl Pipeline {
         }
         let mut first = Some(head);
         let mut feed = || first.take().or_else(&mut *next);
-        let mut chosen = None;
-        let mut refused = None;
+        // The header decides: refused (pixel limit), or the probe and shrink.
+        let mut header_said = None;
         let decoded = jpeg::decode_chunks(
             &mut feed,
             self.limits.max_decoder_alloc(),
             jpeg::MAX_SCANS,
             &mut |header| {
-                let probe = decode::jpeg_probe(header.clone());
-                if let Err(e) = decode::check_probe(&probe, &self.limits) {
-                    refused = Some(e);
-                    return None;
-                }
-                let shrink = self.jpeg_shrink(&probe);
-                chosen = Some((probe, shrink));
-                Some(shrink)
+                let probe = decode::jpeg_probe(header);
+                let checked = decode::check_probe(&probe, &self.limits).map(|()| {
+                    let shrink = self.jpeg_shrink(&probe);
+                    (probe, shrink)
+                });
+                let shrink = checked.as_ref().ok().map(|(_, shrink)| *shrink);
+                header_said = Some(checked);
+                shrink
             },
         )
         .map_err(decode::jpeg_error)?;
-        match (decoded, chosen, refused) {
-            (Some((_, d)), Some((probe, shrink)), _) => {
-                self.finish(probe, shrink, decode::jpeg_image(d)?)
-            }
-            (_, _, Some(e)) => Err(e),
-            _ => Err(decode::jpeg_error(jpeg::JpegError(
-                "decoder stopped after the header".into(),
-            ))),
-        }
+        let (probe, shrink) = header_said
+            .ok_or_else(|| decode::jpeg_error(jpeg::JpegError("no header was read".into())))??;
+        let decoded = decoded.ok_or_else(|| {
+            decode::jpeg_error(jpeg::JpegError("decoder stopped after the header".into()))
+        })?;
+        self.finish(probe, shrink, decode::jpeg_image(decoded)?)
     }
 
     /// Run the steps on a decoded image and encode the result.
