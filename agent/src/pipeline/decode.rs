@@ -90,7 +90,7 @@ pub fn sniff(bytes: &[u8]) -> Result<SourceFormat, PipelineError> {
     }
 }
 
-fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), PipelineError> {
+pub(super) fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), PipelineError> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(PipelineError::TooManyPixels {
@@ -189,11 +189,6 @@ pub(super) fn jpeg_probe(h: jpeg::Header) -> Probe {
         exif: h.exif,
         icc: h.icc,
     }
-}
-
-/// Check a probe's dimensions against the pixel limit.
-pub(super) fn check_probe(probe: &Probe, limits: &Limits) -> Result<(), PipelineError> {
-    check_pixels(probe.width, probe.height, limits)
 }
 
 /// Decoded JPEG pixels as an image.

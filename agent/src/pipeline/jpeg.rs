@@ -232,9 +232,9 @@ struct Session<'a> {
     cinfo: Box<ffi::jpeg_decompress_struct>,
     _err: Box<ffi::jpeg_error_mgr>,
     progress: Box<Progress>,
-    /// Set for [`Input::Chunks`]; dropped after cinfo is destroyed.
+    /// Set for [`Input::Chunks`]; dropped after cinfo is destroyed. Its
+    /// lifetime also ties the session to an [`Input::Bytes`] buffer.
     _source: Option<Box<ChunkSource<'a>>>,
-    _input: std::marker::PhantomData<&'a [u8]>,
 }
 
 impl<'a> Session<'a> {
@@ -265,7 +265,6 @@ impl<'a> Session<'a> {
             _err: err,
             progress,
             _source: None,
-            _input: std::marker::PhantomData,
         };
         unsafe {
             // Creation zeroes everything but `err`: set the rest after it.

@@ -168,19 +168,15 @@ impl Pipeline {
     ) -> Result<Processed, PipelineError> {
         // Enough to sniff the format (its longest signature is 12 bytes).
         let mut head = Vec::new();
-        let mut ended = false;
-        while head.len() < 16 && !ended {
+        while head.len() < 16 {
             match next() {
                 Some(chunk) => head.extend_from_slice(&chunk),
-                None => ended = true,
+                None => return self.process(&head),
             }
         }
-        if ended || decode::sniff(&head).ok() != Some(SourceFormat::Jpeg) {
-            while !ended {
-                match next() {
-                    Some(chunk) => head.extend_from_slice(&chunk),
-                    None => ended = true,
-                }
+        if decode::sniff(&head).ok() != Some(SourceFormat::Jpeg) {
+            while let Some(chunk) = next() {
+                head.extend_from_slice(&chunk);
             }
             return self.process(&head);
         }
@@ -194,10 +190,11 @@ impl Pipeline {
             jpeg::MAX_SCANS,
             &mut |header| {
                 let probe = decode::jpeg_probe(header);
-                let checked = decode::check_probe(&probe, &self.limits).map(|()| {
-                    let shrink = self.jpeg_shrink(&probe);
-                    (probe, shrink)
-                });
+                let checked =
+                    decode::check_pixels(probe.width, probe.height, &self.limits).map(|()| {
+                        let shrink = self.jpeg_shrink(&probe);
+                        (probe, shrink)
+                    });
                 let shrink = checked.as_ref().ok().map(|(_, shrink)| *shrink);
                 header_said = Some(checked);
                 shrink
