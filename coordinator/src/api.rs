@@ -323,9 +323,9 @@ impl Upload {
                             "two images are named {file:?}; names must be unique in a job"
                         )));
                     }
-                    // Keep the chunks as they come and join them once, at
-                    // the final size, on the blocking pool (collecting into
-                    // one growing buffer copied a large photo several times).
+                    // Keep the chunks as they come: the blob store hashes,
+                    // writes and serves them piece by piece (joining them
+                    // cost a fresh buffer and a copy per photo).
                     let mut chunks = Vec::new();
                     while let Some(chunk) = field
                         .chunk()
@@ -336,9 +336,8 @@ impl Upload {
                     }
                     let c = self.coordinator.clone();
                     let worker = tokio::task::spawn_blocking(move || {
-                        let bytes = join_chunks(chunks);
-                        let size = bytes.len() as u64;
-                        c.store_input(bytes)
+                        let size = chunks.iter().map(bytes::Bytes::len).sum::<usize>() as u64;
+                        c.store_input(chunks)
                             .with_context(|| format!("cannot store {file}"))
                             .map(|id| (file, id, size))
                     });
@@ -657,16 +656,4 @@ async fn revoke_token(
     } else {
         Err(not_found(format!("no join token {id}")))
     }
-}
-
-/// One buffer holding `chunks` in order; a single chunk is taken as is.
-fn join_chunks(mut chunks: Vec<bytes::Bytes>) -> bytes::Bytes {
-    if chunks.len() == 1 {
-        return chunks.pop().unwrap_or_default();
-    }
-    let mut joined = bytes::BytesMut::with_capacity(chunks.iter().map(bytes::Bytes::len).sum());
-    for chunk in &chunks {
-        joined.extend_from_slice(chunk);
-    }
-    joined.freeze()
 }

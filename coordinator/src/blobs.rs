@@ -10,7 +10,10 @@
 //! (least recently used out first): a job's inputs are usually fetched by
 //! agents moments after the submit stored them, and serving them from
 //! memory costs neither a disk read nor a second BLAKE3 pass. Bytes enter
-//! the cache only after they were hashed to their id.
+//! the cache only after they were hashed to their id. A blob is kept in
+//! the pieces it arrived in (an upload's chunks): hashing, writing and
+//! serving go piece by piece, so a large photo is never copied into one
+//! fresh buffer on its way through.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -26,6 +29,98 @@ use pixmesh_protocol::ContentId;
 /// `--blob-cache-mb` sets it).
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
+/// A blob's bytes, in the pieces they arrived in, in order. Cloning
+/// shares them.
+#[derive(Debug, Clone, Default)]
+pub struct Blob {
+    pieces: Arc<[Bytes]>,
+    len: usize,
+}
+
+impl Blob {
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a blob of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, in order.
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// The bytes in one buffer (a copy when there are several pieces).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.pieces[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut joined = bytes::BytesMut::with_capacity(self.len);
+                for piece in many {
+                    joined.extend_from_slice(piece);
+                }
+                joined.freeze()
+            }
+        }
+    }
+
+    /// The content id of these bytes.
+    pub fn id(&self) -> ContentId {
+        let mut hasher = blake3::Hasher::new();
+        for piece in self.pieces.iter() {
+            hasher.update(piece);
+        }
+        ContentId::from(*hasher.finalize().as_bytes())
+    }
+}
+
+impl From<Vec<Bytes>> for Blob {
+    fn from(pieces: Vec<Bytes>) -> Blob {
+        let len = pieces.iter().map(Bytes::len).sum();
+        Blob {
+            pieces: pieces.into(),
+            len,
+        }
+    }
+}
+
+impl From<Bytes> for Blob {
+    fn from(bytes: Bytes) -> Blob {
+        Blob::from(vec![bytes])
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(bytes: Vec<u8>) -> Blob {
+        Blob::from(Bytes::from(bytes))
+    }
+}
+
+impl From<&[u8]> for Blob {
+    fn from(bytes: &[u8]) -> Blob {
+        Blob::from(Bytes::copy_from_slice(bytes))
+    }
+}
+
+impl PartialEq<[u8]> for Blob {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.len == other.len()
+            && self
+                .pieces
+                .iter()
+                .scan(0, |at, piece| {
+                    let start = *at;
+                    *at += piece.len();
+                    Some(other[start..*at] == piece[..])
+                })
+                .all(|same| same)
+    }
+}
+
 /// Blobs under one directory, sharded by the first two hex digits.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -36,17 +131,17 @@ pub struct BlobStore {
 /// Verified blobs in memory, least recently used first out.
 #[derive(Debug)]
 struct Hot {
-    blobs: LruCache<ContentId, Bytes>,
+    blobs: LruCache<ContentId, Blob>,
     bytes: usize,
     budget: usize,
 }
 
 impl Hot {
-    fn get(&mut self, id: &ContentId) -> Option<Bytes> {
+    fn get(&mut self, id: &ContentId) -> Option<Blob> {
         self.blobs.get(id).cloned()
     }
 
-    fn insert(&mut self, id: ContentId, bytes: Bytes) {
+    fn insert(&mut self, id: ContentId, bytes: Blob) {
         if bytes.len() > self.budget / 4 {
             // One huge blob would push out everything else for one read.
             return;
@@ -134,25 +229,26 @@ impl BlobStore {
 
     /// Store `bytes` durably; returns their id. Storing the same bytes
     /// twice is cheap and harmless.
-    pub fn put(&self, bytes: impl Into<Bytes>) -> Result<ContentId, BlobError> {
-        let bytes = bytes.into();
-        let id = ContentId::of(&bytes);
-        self.put_verified(id, bytes)?;
+    pub fn put(&self, bytes: impl Into<Blob>) -> Result<ContentId, BlobError> {
+        let blob = bytes.into();
+        let id = blob.id();
+        self.put_verified(id, blob)?;
         Ok(id)
     }
 
     /// Store `bytes` that the caller has already checked hash to `id`
     /// (a blob stream does, on the way in).
-    pub fn put_verified(&self, id: ContentId, bytes: Bytes) -> Result<(), BlobError> {
+    pub fn put_verified(&self, id: ContentId, bytes: impl Into<Blob>) -> Result<(), BlobError> {
+        let blob = bytes.into();
         let path = self.path(&id);
         if !path.is_file() {
-            self.write(&id, &path, &bytes)?;
+            self.write(&id, &path, &blob)?;
         }
-        self.hot().insert(id, bytes);
+        self.hot().insert(id, blob);
         Ok(())
     }
 
-    fn write(&self, id: &ContentId, path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
+    fn write(&self, id: &ContentId, path: &Path, blob: &Blob) -> Result<(), BlobError> {
         let shard = path.parent().unwrap_or(&self.dir).to_path_buf();
         fs::create_dir_all(&shard).map_err(io_at(&shard))?;
         // Unique per writer: two threads may store the same bytes at once.
@@ -161,7 +257,9 @@ impl BlobStore {
         let tmp = shard.join(format!(".{id}.{}.{n}.tmp", std::process::id()));
         let written = (|| {
             let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
+            for piece in blob.pieces() {
+                f.write_all(piece)?;
+            }
             f.sync_all()?;
             fs::rename(&tmp, path)?;
             File::open(&shard)?.sync_all()
@@ -177,7 +275,7 @@ impl BlobStore {
     }
 
     /// Read a blob: from the cache, or from disk, verifying its hash.
-    pub fn get(&self, id: &ContentId) -> Result<Bytes, BlobError> {
+    pub fn get(&self, id: &ContentId) -> Result<Blob, BlobError> {
         if let Some(bytes) = self.hot().get(id) {
             return Ok(bytes);
         }
@@ -190,9 +288,9 @@ impl BlobStore {
         if !id.matches(&bytes) {
             return Err(BlobError::Damaged(*id));
         }
-        let bytes = Bytes::from(bytes);
-        self.hot().insert(*id, bytes.clone());
-        Ok(bytes)
+        let blob = Blob::from(bytes);
+        self.hot().insert(*id, blob.clone());
+        Ok(blob)
     }
 }
 
@@ -211,11 +309,11 @@ mod tests {
             id,
             "idempotent"
         );
-        assert_eq!(store.get(&id).expect("get"), &b"an image"[..]);
+        assert_eq!(store.get(&id).expect("get"), b"an image"[..]);
         // Reopening sees the same blob, read from disk this time.
         let reopened = BlobStore::open(dir.path()).expect("reopen");
         assert!(reopened.has(&id));
-        assert_eq!(reopened.get(&id).expect("get"), &b"an image"[..]);
+        assert_eq!(reopened.get(&id).expect("get"), b"an image"[..]);
         std::fs::write(store.path(&id), b"tampered").expect("tamper");
         let cold = BlobStore::open(dir.path()).expect("reopen");
         assert!(matches!(cold.get(&id), Err(BlobError::Damaged(_))));
@@ -227,6 +325,32 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_in_pieces_is_the_same_blob_as_its_bytes_in_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        let whole: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let pieces: Vec<Bytes> = [0..1, 1..70_000, 70_000..70_000, 70_000..200_000]
+            .into_iter()
+            .map(|r| Bytes::copy_from_slice(&whole[r]))
+            .collect();
+        let id = store.put(pieces).expect("put");
+        assert_eq!(id, ContentId::of(&whole));
+        assert_eq!(std::fs::read(store.path(&id)).expect("file"), whole);
+        let cached = store.get(&id).expect("get");
+        assert_eq!(cached.pieces().len(), 4, "kept as it arrived");
+        assert_eq!(cached.len(), whole.len());
+        assert_eq!(cached, whole[..]);
+        assert_eq!(cached.to_bytes(), whole);
+        let mut other = whole.clone();
+        other[150_000] ^= 1;
+        assert!(cached != other[..]);
+        assert!(cached != whole[..199_999]);
+        // Read back from disk: one piece, same bytes.
+        let cold = BlobStore::open(dir.path()).expect("reopen");
+        assert_eq!(cold.get(&id).expect("get").to_bytes(), whole);
+    }
+
+    #[test]
     fn recent_blobs_are_served_from_memory_within_the_budget() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = BlobStore::open(dir.path()).expect("open");
@@ -235,7 +359,7 @@ mod tests {
         let (ia, ib) = (store.put(a.clone()).expect("a"), store.put(b).expect("b"));
         // Served from memory: the file is gone, the bytes are still there.
         std::fs::remove_file(store.path(&ia)).expect("remove");
-        assert_eq!(store.get(&ia).expect("cached"), a);
+        assert_eq!(store.get(&ia).expect("cached"), a[..]);
         // A blob over a quarter of the budget is stored but not cached.
         let big = store.put(vec![3u8; 1500]).expect("big");
         std::fs::remove_file(store.path(&big)).expect("remove");
@@ -247,7 +371,7 @@ mod tests {
         }
         std::fs::remove_file(store.path(&ib)).expect("remove");
         assert!(matches!(store.get(&ib), Err(BlobError::Missing(_))));
-        assert_eq!(store.get(&ia).expect("still cached"), a);
+        assert_eq!(store.get(&ia).expect("still cached"), a[..]);
         // A zero budget empties the cache.
         store.set_cache_budget(0);
         assert!(matches!(store.get(&ia), Err(BlobError::Missing(_))));

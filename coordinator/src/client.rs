@@ -65,6 +65,7 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: Http,
+    uploader: Uploader,
 }
 
 impl Remote {
@@ -94,7 +95,13 @@ impl Remote {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Client { base, token, http })
+        let uploader = Uploader::new().context("cannot build the HTTP client")?;
+        Ok(Client {
+            base,
+            token,
+            http,
+            uploader,
+        })
     }
 }
 
@@ -104,27 +111,19 @@ impl Client {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req.send().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the coordinator at {} ({what}): {e}\n  is `pixmesh coordinator` running? give its address with --coordinator or PIXMESH_COORDINATOR",
-                self.base
-            )
-        })?;
+        let resp = req.send().map_err(|e| self.unreachable(what, &e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
-        let body = resp.text().unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or(body);
-        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
-            "\n  give the API token with --token or PIXMESH_TOKEN (it is in the coordinator's data directory, file api-token)"
-        } else {
-            ""
-        };
-        bail!("{what}: {message} (HTTP {}){hint}", status.as_u16())
+        Err(refused(what, status, resp.text().unwrap_or_default()))
+    }
+
+    fn unreachable(&self, what: &str, e: &reqwest::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {} ({what}): {e}\n  is `pixmesh coordinator` running? give its address with --coordinator or PIXMESH_COORDINATOR",
+            self.base
+        )
     }
 
     pub(crate) fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
@@ -167,14 +166,27 @@ impl Client {
 
     /// Submit a job over the images found in `inputs` (files or
     /// directories); the coordinator's answer and the bytes uploaded.
+    /// Files are read as they are sent, largest first, so a job of any
+    /// size uploads in bounded memory and the coordinator can start the
+    /// first images while the rest are still on their way.
     pub fn submit(&self, spec: &JobSpec, inputs: &[PathBuf]) -> Result<(Value, u64)> {
+        self.submit_with(spec, inputs, &ProgressBar::hidden())
+    }
+
+    /// [`Client::submit`], counting the bytes sent on `bar`.
+    pub fn submit_with(
+        &self,
+        spec: &JobSpec,
+        inputs: &[PathBuf],
+        bar: &ProgressBar,
+    ) -> Result<(Value, u64)> {
         let found = crate::local::discover(inputs)?;
         if found.is_empty() {
             bail!("no images found in the inputs");
         }
         let mut names = HashSet::new();
         let mut images = Vec::with_capacity(found.len());
-        for (path, _) in &found {
+        for (path, _) in found {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -184,28 +196,35 @@ impl Client {
                     "two inputs are named {name:?}; a job's images need distinct file names (submit them as separate jobs)"
                 );
             }
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            images.push((name, bytes));
+            let len = std::fs::metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len();
+            images.push((name, Source::File(path, len)));
         }
         // Largest first: the coordinator queues each image as it arrives,
         // so the biggest start while the rest upload (as `pixmesh run`
         // starts its largest inputs first).
-        images.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
-        let bytes_total: u64 = images.iter().map(|(_, b)| b.len() as u64).sum();
-        let (content_type, body) = multipart_body("spec", &spec.to_json(), &images);
-        drop(images);
-        let resp = self
-            .send(
-                "submit",
-                self.http
-                    .post(format!("{}/v1/jobs", self.base))
-                    .header(reqwest::header::CONTENT_TYPE, content_type)
-                    .body(body),
-            )?
-            .json()
-            .context("submit: bad answer")?;
+        images.sort_by_key(|(_, s)| std::cmp::Reverse(s.len()));
+        let bytes_total = images.iter().map(|(_, s)| s.len()).sum();
+        let upload = MultipartUpload::new("spec", &spec.to_json(), images);
+        let resp = self.upload(upload, bar)?;
         Ok((resp, bytes_total))
+    }
+
+    /// `POST /v1/jobs` with `upload`; the coordinator's answer.
+    pub fn upload(&self, upload: MultipartUpload, bar: &ProgressBar) -> Result<Value> {
+        let url = format!("{}/v1/jobs", self.base);
+        let (status, body) = upload
+            .post(&self.uploader, &url, self.token.as_deref(), bar.clone())
+            .map_err(|e| match e {
+                UploadError::Source(cause) => anyhow::anyhow!("submit: {cause}"),
+                UploadError::Http(e) => self.unreachable("submit", &e),
+                other => anyhow::anyhow!("submit: {other}"),
+            })?;
+        if !status.is_success() {
+            return Err(refused("submit", status, body));
+        }
+        serde_json::from_str(&body).context("submit: bad answer")
     }
 
     /// Deploy a plugin under `name`; the coordinator's answer (with its hash).
@@ -272,38 +291,344 @@ fn short(peer: &str) -> String {
     }
 }
 
-/// A `multipart/form-data` submit body in one buffer: the spec as field
-/// `field` (`spec` for JSON, `steps` for the one-line form) and one `image`
-/// file field per image. Returns the content type and the body.
-///
-/// One contiguous body goes out in large writes; reqwest's streamed
-/// multipart form measured at about twice the time for 32 MB of photos.
-pub fn multipart_body(field: &str, spec: &str, images: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
-    // A fresh random boundary per body (RFC 2046); should an image contain
-    // it by chance, the server rejects the upload rather than mixing fields.
-    let random = crate::service::random_hex(16).unwrap_or_else(|_| "0".repeat(32));
-    let boundary = format!("pixmesh-{random}");
-    let size: usize = images.iter().map(|(n, b)| n.len() + b.len() + 200).sum();
-    let mut body = Vec::with_capacity(size + spec.len() + 200);
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{spec}\r\n"
-        )
-        .as_bytes(),
-    );
-    for (name, bytes) in images {
-        let name = name.replace(['"', '\r', '\n'], "_");
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
+/// Where an uploaded image's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file, read as it is sent; its size when the upload was planned.
+    File(PathBuf, u64),
+    /// Bytes in memory.
+    Memory(bytes::Bytes),
+}
+
+impl Source {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Source::File(_, len) => *len,
+            Source::Memory(b) => b.len() as u64,
+        }
     }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A `multipart/form-data` body (the spec, then one `image` field per
+/// image) read part by part as it is sent: files are opened and read only
+/// when their turn comes, so memory stays bounded whatever the job's size.
+/// Its length is known up front (sent as Content-Length); a file that
+/// changes size meanwhile fails the upload, naming the file.
+pub struct MultipartUpload {
+    content_type: String,
+    len: u64,
+    reader: PartsReader,
+}
+
+impl MultipartUpload {
+    /// The body for `spec` sent as field `field` (`spec` for JSON, `steps`
+    /// for the one-line form), then `images` in the order given.
+    pub fn new(field: &str, spec: &str, images: Vec<(String, Source)>) -> MultipartUpload {
+        // A fresh random boundary per body (RFC 2046); should an image
+        // contain it by chance, the server rejects the upload rather than
+        // mixing fields.
+        let random = crate::service::random_hex(16).unwrap_or_else(|_| "0".repeat(32));
+        let boundary = format!("pixmesh-{random}");
+        let mut pieces = std::collections::VecDeque::new();
+        let mut text = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{spec}\r\n"
+        );
+        for (name, source) in images {
+            let name = name.replace(['"', '\r', '\n'], "_");
+            text.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ));
+            pieces.push_back(Piece::Memory(std::io::Cursor::new(bytes::Bytes::from(
+                std::mem::take(&mut text),
+            ))));
+            pieces.push_back(match source {
+                Source::File(path, len) => Piece::File {
+                    path,
+                    expected: len,
+                    file: None,
+                },
+                Source::Memory(bytes) => Piece::Memory(std::io::Cursor::new(bytes)),
+            });
+            text.push_str("\r\n");
+        }
+        text.push_str(&format!("--{boundary}--\r\n"));
+        pieces.push_back(Piece::Memory(std::io::Cursor::new(bytes::Bytes::from(
+            text,
+        ))));
+        let len = pieces.iter().map(Piece::len).sum();
+        MultipartUpload {
+            content_type: format!("multipart/form-data; boundary={boundary}"),
+            len,
+            reader: PartsReader {
+                pieces,
+                failure: Default::default(),
+                bar: ProgressBar::hidden(),
+            },
+        }
+    }
+
+    /// Send the body as `POST url` (with `token` as bearer), counting the
+    /// bytes read on `bar`; the answer's status and body. The body goes
+    /// out in chunks of up to [`UPLOAD_CHUNK`] bytes, read a few chunks
+    /// ahead on a thread of its own (file reads block).
+    pub(crate) fn post(
+        mut self,
+        uploader: &Uploader,
+        url: &str,
+        token: Option<&str>,
+        bar: ProgressBar,
+    ) -> Result<(reqwest::StatusCode, String), UploadError> {
+        bar.set_length(self.len);
+        self.reader.bar = bar;
+        let failure = self.reader.failure.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut reader = self.reader;
+        let feeder = std::thread::Builder::new()
+            .name("upload-reader".into())
+            .spawn(move || {
+                loop {
+                    let chunk = match read_chunk(&mut reader) {
+                        Ok(c) if c.is_empty() => return,
+                        other => other,
+                    };
+                    let failed = chunk.is_err();
+                    // A closed channel: the request ended early; stop reading.
+                    if tx.blocking_send(chunk).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(UploadError::Thread)?;
+        let body = ChunkBody {
+            chunks: rx,
+            remaining: self.len,
+        };
+        let answer = uploader.runtime.block_on(async {
+            let mut req = uploader
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, &self.content_type)
+                .body(reqwest::Body::wrap(body));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await?;
+            let status = resp.status();
+            Ok((status, resp.text().await?))
+        });
+        let _ = feeder.join();
+        // A file that could not be read ends the request; say which.
+        if let Some(cause) = failure.lock().ok().and_then(|mut f| f.take()) {
+            return Err(UploadError::Source(cause));
+        }
+        answer.map_err(UploadError::Http)
+    }
+}
+
+/// What sends streamed uploads: an HTTP client that takes a body of
+/// chunks, and the runtime it runs on while a call waits for it. Kept for
+/// the life of a [`Client`], so uploads reuse the connection.
+#[derive(Debug)]
+pub(crate) struct Uploader {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Uploader {
+    pub(crate) fn new() -> Result<Uploader> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Uploader { runtime, http })
+    }
+}
+
+/// The largest piece of an upload handed to the HTTP client at once.
+pub const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// Why an upload did not get an answer.
+#[derive(Debug)]
+pub(crate) enum UploadError {
+    /// An image could not be read (the message names it).
+    Source(String),
+    /// The request failed.
+    Http(reqwest::Error),
+    /// No thread to read the body with.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadError::Source(cause) => f.write_str(cause),
+            UploadError::Http(e) => write!(f, "{e}"),
+            UploadError::Thread(e) => write!(f, "cannot start the upload: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UploadError {}
+
+/// Up to [`UPLOAD_CHUNK`] bytes from `reader`; empty at the end.
+fn read_chunk(reader: &mut PartsReader) -> std::io::Result<bytes::Bytes> {
+    let mut buf = vec![0; UPLOAD_CHUNK];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match std::io::Read::read(reader, &mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.into())
+}
+
+/// An HTTP body of the chunks the upload's reader thread sends, of a
+/// known length (so it goes with a Content-Length).
+struct ChunkBody {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    remaining: u64,
+}
+
+impl http_body::Body for ChunkBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.chunks.poll_recv(cx).map(|chunk| {
+            chunk.map(|c| {
+                c.map(|bytes| {
+                    self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                    http_body::Frame::data(bytes)
+                })
+            })
+        })
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+impl std::fmt::Debug for MultipartUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultipartUpload")
+            .field("content_type", &self.content_type)
+            .field("len", &self.len)
+            .field("parts", &self.reader.pieces.len())
+            .finish()
+    }
+}
+
+enum Piece {
+    Memory(std::io::Cursor<bytes::Bytes>),
+    File {
+        path: PathBuf,
+        expected: u64,
+        /// Opened when its turn comes; the bytes still to read.
+        file: Option<std::io::Take<std::fs::File>>,
+    },
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Memory(c) => c.get_ref().len() as u64,
+            Piece::File { expected, .. } => *expected,
+        }
+    }
+}
+
+struct PartsReader {
+    pieces: std::collections::VecDeque<Piece>,
+    /// Why reading stopped, for the error message (the HTTP client only
+    /// reports that the body failed).
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    bar: ProgressBar,
+}
+
+/// Keep `message` for the caller and make it the read error.
+fn failed(slot: &std::sync::Mutex<Option<String>>, message: String) -> std::io::Error {
+    if let Ok(mut f) = slot.lock() {
+        *f = Some(message.clone());
+    }
+    std::io::Error::other(message)
+}
+
+impl std::io::Read for PartsReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(piece) = self.pieces.front_mut() {
+            let n = match piece {
+                Piece::Memory(c) => c.read(buf)?,
+                Piece::File {
+                    path,
+                    expected,
+                    file,
+                } => {
+                    let reader = match file {
+                        Some(r) => r,
+                        None => {
+                            let opened = std::fs::File::open(&*path).map_err(|e| {
+                                failed(
+                                    &self.failure,
+                                    format!("cannot read {}: {e}", path.display()),
+                                )
+                            })?;
+                            file.insert(opened.take(*expected))
+                        }
+                    };
+                    let n = match reader.read(buf) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let message = format!("cannot read {}: {e}", path.display());
+                            return Err(failed(&self.failure, message));
+                        }
+                    };
+                    if n == 0 {
+                        // Every planned byte read: the file must still be
+                        // that long, or the upload would not match it.
+                        let now = reader.get_ref().metadata().map(|m| m.len()).ok();
+                        if reader.limit() > 0 || now != Some(*expected) {
+                            let message = format!(
+                                "{} changed while it was being uploaded (it was {} bytes)",
+                                path.display(),
+                                expected
+                            );
+                            return Err(failed(&self.failure, message));
+                        }
+                    }
+                    n
+                }
+            };
+            if n > 0 {
+                self.bar.inc(n as u64);
+                return Ok(n);
+            }
+            self.pieces.pop_front();
+        }
+        Ok(0)
+    }
+}
+
+/// The coordinator's error answer to `what` as an error: its message,
+/// the status, and for 401 where to find the token.
+fn refused(what: &str, status: reqwest::StatusCode, body: String) -> anyhow::Error {
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or(body);
+    let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+        "\n  give the API token with --token or PIXMESH_TOKEN (it is in the coordinator's data directory, file api-token)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("{what}: {message} (HTTP {}){hint}", status.as_u16())
 }
 
 /// `pixmesh submit` arguments.
@@ -329,7 +654,20 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let spec = args.spec.load()?;
     let client = args.remote.connect()?;
     let started = Instant::now();
-    let (resp, bytes_total) = client.submit(&spec, &args.inputs)?;
+    let bar = if args.quiet || args.remote.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "uploading {bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} [{elapsed_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let submitted = client.submit_with(&spec, &args.inputs, &bar);
+    bar.finish_and_clear();
+    let (resp, bytes_total) = submitted?;
     let job = n(&resp, "job");
     if !args.wait {
         if args.remote.json {
@@ -860,6 +1198,107 @@ pub fn deployed(remote: &Remote) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_all(upload: &mut MultipartUpload) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut upload.reader, &mut body)?;
+        Ok(body)
+    }
+
+    #[test]
+    fn a_streamed_upload_is_the_multipart_body_it_declares() {
+        let dir = tempfile::tempdir().expect("dir");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let path = dir.path().join("big.jpg");
+        std::fs::write(&path, &big).expect("write");
+        let images = vec![
+            ("big.jpg".to_owned(), Source::File(path, big.len() as u64)),
+            (
+                "a\"b.png".to_owned(),
+                Source::Memory(bytes::Bytes::from_static(b"tiny")),
+            ),
+        ];
+        let mut upload = MultipartUpload::new("steps", "resize 10 | png", images);
+        let bar = ProgressBar::hidden();
+        upload.reader.bar = bar.clone();
+        let declared = upload.len;
+        let boundary = upload
+            .content_type
+            .strip_prefix("multipart/form-data; boundary=")
+            .expect("boundary")
+            .to_owned();
+        let body = read_all(&mut upload).expect("read");
+        assert_eq!(body.len() as u64, declared);
+        assert_eq!(bar.position(), declared);
+
+        // Split on the boundary: the spec, then each image, then the end.
+        let delimiter = format!("--{boundary}");
+        let mut parts = Vec::new();
+        let mut rest = &body[..];
+        while let Some(at) = rest
+            .windows(delimiter.len())
+            .position(|w| w == delimiter.as_bytes())
+        {
+            parts.push(&rest[..at]);
+            rest = &rest[at + delimiter.len()..];
+        }
+        assert_eq!(rest, b"--\r\n", "closing delimiter");
+        assert_eq!(parts.len(), 4, "preamble + 3 fields");
+        assert!(parts[0].is_empty());
+        let field = |part: &[u8]| {
+            let sep = part
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("headers end");
+            let headers = String::from_utf8_lossy(&part[..sep]).into_owned();
+            let content = part[sep + 4..].strip_suffix(b"\r\n").expect("CRLF");
+            (headers, content.to_vec())
+        };
+        let (h, c) = field(parts[1]);
+        assert!(h.contains("name=\"steps\""), "{h}");
+        assert_eq!(c, b"resize 10 | png");
+        let (h, c) = field(parts[2]);
+        assert!(h.contains("filename=\"big.jpg\""), "{h}");
+        assert_eq!(c, big);
+        let (h, c) = field(parts[3]);
+        // A quote in a name cannot end the header early.
+        assert!(h.contains("filename=\"a_b.png\""), "{h}");
+        assert_eq!(c, b"tiny");
+    }
+
+    #[test]
+    fn a_file_that_changes_or_vanishes_mid_upload_fails_naming_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("photo.jpg");
+        std::fs::write(&path, vec![7u8; 5000]).expect("write");
+        let upload_of = |planned: u64| {
+            MultipartUpload::new(
+                "steps",
+                "png",
+                vec![("photo.jpg".to_owned(), Source::File(path.clone(), planned))],
+            )
+        };
+        // Shorter than planned, and longer than planned.
+        for planned in [8000, 3000] {
+            let mut upload = upload_of(planned);
+            let failure = upload.reader.failure.clone();
+            let e = read_all(&mut upload).expect_err("changed file").to_string();
+            assert!(
+                e.contains("photo.jpg changed while it was being uploaded"),
+                "{e}"
+            );
+            assert!(e.contains(&format!("it was {planned} bytes")), "{e}");
+            assert_eq!(failure.lock().expect("lock").as_deref(), Some(e.as_str()));
+        }
+        // Gone before its turn.
+        let mut upload = upload_of(5000);
+        std::fs::remove_file(&path).expect("remove");
+        let e = read_all(&mut upload).expect_err("missing file").to_string();
+        assert!(
+            e.starts_with(&format!("cannot read {}", path.display())),
+            "{e}"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units_and_refuse_nonsense() {

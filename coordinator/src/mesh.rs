@@ -25,13 +25,13 @@ pub const VERSION: &str = concat!("pixmesh-coordinator/", env!("CARGO_PKG_VERSIO
 struct Blobs(Arc<Coordinator>);
 
 impl BlobService for Blobs {
-    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<bytes::Bytes, String> {
+    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<Vec<bytes::Bytes>, String> {
         if !self.0.is_enrolled(&peer.to_string()) {
             return Err("not enrolled".into());
         }
-        let bytes = self.0.blob(id).map_err(|e| format!("{e:#}"))?;
-        self.0.metrics().blob("out", bytes.len());
-        Ok(bytes)
+        let blob = self.0.blob(id).map_err(|e| format!("{e:#}"))?;
+        self.0.metrics().blob("out", blob.len());
+        Ok(blob.pieces().to_vec())
     }
 
     fn put(&self, peer: &PeerId, id: &ContentId, bytes: Vec<u8>) -> Result<(), String> {

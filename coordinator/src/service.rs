@@ -489,7 +489,7 @@ impl Coordinator {
             return Ok(ResultLookup::NoSuchTask);
         };
         match row.output {
-            Some(id) => Ok(ResultLookup::Ready(self.blobs.get(&id)?)),
+            Some(id) => Ok(ResultLookup::Ready(self.blobs.get(&id)?.to_bytes())),
             None => Ok(ResultLookup::NotReady(row.state)),
         }
     }
@@ -972,7 +972,7 @@ impl Coordinator {
     }
 
     /// A blob for an enrolled agent.
-    pub fn blob(&self, id: &ContentId) -> Result<bytes::Bytes> {
+    pub fn blob(&self, id: &ContentId) -> Result<crate::blobs::Blob> {
         Ok(self.blobs.get(id)?)
     }
 
@@ -981,15 +981,16 @@ impl Coordinator {
         self.blobs.set_cache_budget(bytes);
     }
 
-    /// Store a job's input durably (before the job that names it).
-    pub fn store_input(&self, bytes: bytes::Bytes) -> Result<ContentId> {
-        Ok(self.blobs.put(bytes)?)
+    /// Store a job's input durably (before the job that names it), in the
+    /// pieces it arrived in.
+    pub fn store_input(&self, pieces: Vec<bytes::Bytes>) -> Result<ContentId> {
+        Ok(self.blobs.put(pieces)?)
     }
 
     /// Store a blob from an agent (an output), already checked by the
     /// blob stream to hash to `id`.
     pub fn put_blob(&self, id: ContentId, bytes: Vec<u8>) -> Result<()> {
-        Ok(self.blobs.put_verified(id, bytes.into())?)
+        Ok(self.blobs.put_verified(id, bytes)?)
     }
 
     /// Every finished output of a job as a tar archive, with the names
@@ -1003,7 +1004,7 @@ impl Coordinator {
         for t in &view.tasks {
             let Some(output) = &t.output else { continue };
             let id: ContentId = output.parse().map_err(anyhow::Error::msg)?;
-            let bytes = self.blobs.get(&id)?;
+            let bytes = self.blobs.get(&id)?.to_bytes();
             let mut header = tar::Header::new_gnu();
             header.set_size(bytes.len() as u64);
             header.set_mode(0o644);

@@ -110,8 +110,9 @@ pub enum BlobError {
 /// The serving side's storage: answers GETs and takes PUTs. Called on the
 /// blocking pool, so implementations may do file I/O.
 pub trait BlobService: Send + Sync + 'static {
-    /// The bytes of `id` for `peer`, or a reason to refuse.
-    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<bytes::Bytes, String>;
+    /// The bytes of `id` for `peer`, in one or more pieces (sent in
+    /// order), or a reason to refuse.
+    fn get(&self, peer: &PeerId, id: &ContentId) -> Result<Vec<bytes::Bytes>, String>;
     /// Store `bytes` (already verified to hash to `id`) from `peer`, or refuse.
     fn put(&self, peer: &PeerId, id: &ContentId, bytes: Vec<u8>) -> Result<(), String>;
     /// May `peer` upload a blob of `size` bytes? Asked before reading it.
@@ -333,12 +334,13 @@ async fn handle(
                     .await
                     .unwrap_or_else(|e| Err(format!("blob service failed: {e}")));
                 match got {
-                    Ok(bytes) => {
+                    Ok(pieces) => {
+                        let len: usize = pieces.iter().map(bytes::Bytes::len).sum();
                         stream.write_all(&[STATUS_OK]).await?;
-                        stream
-                            .write_all(&(bytes.len() as u64).to_be_bytes())
-                            .await?;
-                        stream.write_all(&bytes).await?;
+                        stream.write_all(&(len as u64).to_be_bytes()).await?;
+                        for piece in &pieces {
+                            stream.write_all(piece).await?;
+                        }
                         stream.close().await
                     }
                     Err(reason) => write_refusal(&mut stream, &reason).await,

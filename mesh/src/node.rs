@@ -19,8 +19,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
-/// Largest QUIC datagram path MTU discovery may try.
+/// Largest QUIC datagram path MTU discovery may try, and the largest we
+/// accept.
 const MTU_UPPER_BOUND: u16 = 16_384;
+
+/// Receive buffer asked for the QUIC socket: a blob transfer arrives in
+/// bursts that overflow Linux's default (about 200 KB) with datagrams this
+/// large, and each datagram dropped there is a loss QUIC must recover from.
+/// The kernel caps the request (net.core.rmem_max).
+const QUIC_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// What can go wrong talking to a peer.
 #[derive(Debug, thiserror::Error)]
@@ -338,8 +345,15 @@ fn build_swarm(
         // Path MTU discovery may grow datagrams past Ethernet's 1500 bytes
         // where the path allows (loopback, jumbo-frame LANs): image bytes
         // then cost far fewer packets. Probes carry DF, so on a normal link
-        // they fail harmlessly and the MTU stays where it was.
-        .with_quic_config(|c| c.mtu_upper_bound(MTU_UPPER_BOUND))
+        // they fail harmlessly and the MTU stays where it was. Both ends
+        // must accept such datagrams: a peer never probes past the
+        // max_udp_payload_size we advertise (quinn's default is 1472; set
+        // through the patched libp2p-quic in vendor/).
+        .with_quic_config(|c| {
+            c.mtu_upper_bound(MTU_UPPER_BOUND)
+                .max_udp_payload_size(MTU_UPPER_BOUND)
+                .socket_receive_buffer(QUIC_RECEIVE_BUFFER)
+        })
         .with_dns()
         .map_err(|e| transport_err(&e))?
         .with_bandwidth_metrics(registry)

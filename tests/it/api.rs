@@ -331,3 +331,142 @@ fn malformed_submits_get_clear_errors() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn submit_streams_files_largest_first_and_names_one_that_changed() {
+    use pixmesh::client::{MultipartUpload, Remote, Source};
+    let dir = tempfile::tempdir().expect("data dir");
+    let daemon = Daemon::start(dir.path());
+    let client = Remote {
+        coordinator: Some(daemon.base.clone()),
+        token: Some(token(dir.path())),
+        home: Some(dir.path().join("home")),
+        json: false,
+    }
+    .connect()
+    .expect("client");
+    let bar = indicatif::ProgressBar::hidden();
+
+    // `pixmesh submit` of a directory: every image, largest first, and
+    // the bar counts the whole body.
+    let photos = photos();
+    let inputs = tempfile::tempdir().expect("inputs");
+    for p in photos.iter().take(4) {
+        std::fs::copy(p, inputs.path().join(p.file_name().expect("name"))).expect("copy");
+    }
+    let spec = pixmesh_protocol::JobSpec::from_compact("resize 64 | png").expect("spec");
+    let (resp, bytes) = client
+        .submit_with(&spec, &[inputs.path().to_path_buf()], &bar)
+        .expect("submit");
+    let mut sizes: Vec<(u64, String)> = photos
+        .iter()
+        .take(4)
+        .map(|p| {
+            let len = std::fs::metadata(p).expect("size").len();
+            (
+                len,
+                p.file_name().expect("name").to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    sizes.sort_by(|a, b| b.cmp(a));
+    assert_eq!(bytes, sizes.iter().map(|s| s.0).sum::<u64>());
+    assert!(bar.position() > bytes, "the bar counts the body");
+    assert_eq!(bar.position(), bar.length().expect("length"));
+    let job = resp["job"].as_u64().expect("job id");
+    let view = client.job(job).expect("status");
+    let names: Vec<&str> = view["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let largest_first: Vec<&str> = sizes.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(names, largest_first);
+
+    // A file cut short after the upload was planned: the client names it,
+    // and the coordinator keeps nothing of that upload.
+    let cut = inputs.path().join("cut.jpg");
+    std::fs::copy(&photos[0], &cut).expect("copy");
+    let planned = std::fs::metadata(&cut).expect("size").len();
+    let upload = MultipartUpload::new(
+        "steps",
+        "resize 64 | png",
+        vec![
+            (
+                "first.jpg".to_owned(),
+                Source::File(photos[1].clone(), {
+                    std::fs::metadata(&photos[1]).expect("size").len()
+                }),
+            ),
+            ("cut.jpg".to_owned(), Source::File(cut.clone(), planned)),
+        ],
+    );
+    std::fs::write(&cut, b"\xFF\xD8 too short").expect("truncate");
+    let e = format!(
+        "{:#}",
+        client.upload(upload, &bar).expect_err("a changed file")
+    );
+    assert!(
+        e.contains(&format!(
+            "{} changed while it was being uploaded",
+            cut.display()
+        )),
+        "{e}"
+    );
+    // Refused (a wrong token) and unreachable: the errors say so.
+    let remote = |coordinator: &str, token: &str| Remote {
+        coordinator: Some(coordinator.to_owned()),
+        token: Some(token.to_owned()),
+        home: Some(dir.path().join("home")),
+        json: false,
+    };
+    // One small image: the coordinator answers 401 without reading the
+    // body, so the whole of it should fit in the socket's buffers.
+    let small = tempfile::tempdir().expect("inputs");
+    let smallest = photos
+        .iter()
+        .min_by_key(|p| std::fs::metadata(p).expect("size").len())
+        .expect("a photo");
+    std::fs::copy(smallest, small.path().join("small.jpg")).expect("copy");
+    let inputs_dir = [small.path().to_path_buf()];
+    let e = remote(&daemon.base, "wrong")
+        .connect()
+        .expect("client")
+        .submit(&spec, &inputs_dir)
+        .expect_err("a wrong token");
+    assert!(format!("{e:#}").contains("(HTTP 401)"), "{e:#}");
+    let e = remote("http://127.0.0.1:1", "x")
+        .connect()
+        .expect("client")
+        .submit(&spec, &inputs_dir)
+        .expect_err("no coordinator there");
+    assert!(
+        format!("{e:#}").contains("cannot reach the coordinator at http://127.0.0.1:1 (submit)"),
+        "{e:#}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let jobs: Value = Client::new()
+            .get(format!("{}/v1/jobs", daemon.base))
+            .bearer_auth(token(dir.path()))
+            .send()
+            .expect("send")
+            .json()
+            .expect("json");
+        let ids: Vec<u64> = jobs
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|j| j["id"].as_u64())
+            .collect();
+        if ids == [job] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs left by the failed upload: {jobs:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

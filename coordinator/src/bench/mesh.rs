@@ -23,15 +23,18 @@
 //!   and its peak (VmHWM) after the runs.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use indicatif::ProgressBar;
 use reqwest::blocking::Client;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{BenchArgs, median, percentile};
+use crate::client::{MultipartUpload, Source, Uploader};
 use crate::local;
 
 /// Copies of each photo in the sustained batch.
@@ -140,6 +143,7 @@ struct Api {
     base: String,
     token: String,
     http: Client,
+    uploader: Uploader,
 }
 
 impl Api {
@@ -159,23 +163,21 @@ impl Api {
         Ok(r.json()?)
     }
 
-    fn submit(&self, steps: &str, images: &[(String, Vec<u8>)]) -> Result<u64> {
-        let (content_type, body) = crate::client::multipart_body("steps", steps, images);
-        let r = self
-            .http
-            .post(format!("{}/v1/jobs", self.base))
-            .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()?;
-        if !r.status().is_success() {
-            bail!(
-                "submit: HTTP {}: {}",
-                r.status(),
-                r.text().unwrap_or_default()
-            );
+    /// Submit `images` as `pixmesh submit` does: one streamed multipart
+    /// upload, files read as they are sent.
+    fn submit(&self, steps: &str, images: &[(String, Source)]) -> Result<u64> {
+        let upload = MultipartUpload::new("steps", steps, images.to_vec());
+        let url = format!("{}/v1/jobs", self.base);
+        let (status, body) = upload.post(
+            &self.uploader,
+            &url,
+            Some(&self.token),
+            ProgressBar::hidden(),
+        )?;
+        if !status.is_success() {
+            bail!("submit: HTTP {status}: {body}");
         }
-        let v: Value = r.json()?;
+        let v: Value = serde_json::from_str(&body).context("submit: bad answer")?;
         v["job"].as_u64().context("no job id")
     }
 
@@ -269,6 +271,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         base,
         token,
         http: Client::builder().timeout(None).build()?,
+        uploader: Uploader::new()?,
     };
     let join: Value = api
         .http
@@ -311,22 +314,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     std::thread::sleep(Duration::from_millis(500));
     let idle: Vec<f64> = agent_pids.iter().map(|p| rss_mb(*p, "VmRSS:")).collect();
 
-    // Throughput: pixmesh run's engine vs the mesh, alternating.
-    let images: Vec<(String, Vec<u8>)> = found
-        .iter()
-        .map(|(p, _)| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            std::fs::read(p)
-                .map(|b| (name, b))
-                .with_context(|| format!("cannot read {}", p.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // Largest first, as `pixmesh submit` sends them.
-    let mut images = images;
-    images.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
+    // Throughput: pixmesh run's engine vs the mesh, alternating, both
+    // reading the same files.
+    let images = files(&found)?;
     let spec = pixmesh_protocol::JobSpec::from_compact(&steps)?;
     let pipeline = pixmesh_agent::pipeline::Pipeline::new(spec.clone(), Default::default())?;
     let out_local = tmp.path().join("local");
@@ -368,19 +358,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
 
     // Sustained: the batch as one job vs pixmesh run over the same files.
-    let batch: Vec<(String, Vec<u8>)> = (1..=COPIES)
-        .flat_map(|copy| {
-            images
-                .iter()
-                .map(move |(name, bytes)| (format!("c{copy}-{name}"), distinct_copy(bytes, copy)))
-        })
-        .collect();
     let batch_dir = tmp.path().join("batch");
     std::fs::create_dir_all(&batch_dir)?;
-    for (name, bytes) in &batch {
-        std::fs::write(batch_dir.join(name), bytes)?;
+    for (path, _) in &found {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path.file_name().context("a photo without a file name")?;
+        for copy in 1..=COPIES {
+            let to = batch_dir.join(format!("c{copy}-{}", name.to_string_lossy()));
+            std::fs::write(&to, distinct_copy(&bytes, copy))
+                .with_context(|| format!("cannot write {}", to.display()))?;
+        }
     }
     let batch_found = local::discover(std::slice::from_ref(&batch_dir))?;
+    let batch = files(&batch_found)?;
     let batch_out = tmp.path().join("batch-out");
     std::fs::create_dir_all(&batch_out)?;
     let batch_planned =
@@ -403,8 +394,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut one = Vec::new();
     image::DynamicImage::new_rgba8(1, 1)
         .write_to(&mut std::io::Cursor::new(&mut one), image::ImageFormat::Png)?;
-    let tiny: Vec<(String, Vec<u8>)> = (0..200)
-        .map(|i| (format!("px{i:03}.png"), one.clone()))
+    let one = bytes::Bytes::from(one);
+    let tiny: Vec<(String, Source)> = (0..200)
+        .map(|i| (format!("px{i:03}.png"), Source::Memory(one.clone())))
         .collect();
     let job = api.submit("png", &tiny)?;
     let view = api.wait(job)?;
@@ -417,7 +409,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut round_trips = Vec::new();
     for i in 0..50 {
         let started = Instant::now();
-        let job = api.submit("png", &[(format!("rt{i}.png"), one.clone())])?;
+        let job = api.submit(
+            "png",
+            &[(format!("rt{i}.png"), Source::Memory(one.clone()))],
+        )?;
         api.wait(job)?;
         round_trips.push(started.elapsed().as_secs_f64() * 1e3);
     }
@@ -451,6 +446,24 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     drop(procs);
     print(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files of `found` to upload, named by file name, largest first (as
+/// `pixmesh submit` sends them).
+fn files(found: &[(PathBuf, PathBuf)]) -> Result<Vec<(String, Source)>> {
+    let mut files = Vec::with_capacity(found.len());
+    for (path, _) in found {
+        let name = path.file_name().context("a photo without a file name")?;
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        files.push((
+            name.to_string_lossy().into_owned(),
+            Source::File(path.clone(), len),
+        ));
+    }
+    files.sort_by_key(|(_, s)| std::cmp::Reverse(s.len()));
+    Ok(files)
 }
 
 /// A copy of a photo that content addressing cannot merge with the
