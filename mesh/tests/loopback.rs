@@ -233,3 +233,53 @@ fn tls_prefers_aes_gcm_where_the_cpu_has_aes() {
         assert!(names.iter().any(|n| n.contains("CHACHA20")), "{names:?}");
     }
 }
+
+/// Twenty streams opened at once while the reader takes none: all of them
+/// must wait for it (libp2p-stream as released dropped all but one, and
+/// each dropped stream reached its opener as a reset).
+async fn burst(transport: &str) {
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+    let (server, client, _events) = pair(transport).await;
+    let protocol = libp2p::StreamProtocol::new("/pixmesh-test/burst/1");
+    let mut incoming = server
+        .stream_control()
+        .accept(protocol.clone())
+        .expect("accept");
+    client
+        .request(server.peer_id(), Request::Bye)
+        .await
+        .expect("connected");
+    let mut opening = Vec::new();
+    for i in 0..20u8 {
+        let mut control = client.stream_control();
+        let (peer, protocol) = (server.peer_id(), protocol.clone());
+        opening.push(tokio::spawn(async move {
+            let mut s = control.open_stream(peer, protocol).await.expect("open");
+            s.write_all(&[i]).await.expect("write");
+            s.flush().await.expect("flush");
+            s
+        }));
+    }
+    let mut open = Vec::new();
+    for o in opening {
+        open.push(o.await.expect("opened"));
+    }
+    // Let the server's connection handler hand them over before reading.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 20 {
+        let next = tokio::time::timeout(Duration::from_secs(2), incoming.next()).await;
+        let Ok(Some((_, mut s))) = next else { break };
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.expect("read");
+        seen.insert(b[0]);
+    }
+    assert_eq!(seen.len(), 20, "streams that reached the reader: {seen:?}");
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_inbound_streams_waits_for_the_reader() {
+    burst("/ip4/127.0.0.1/tcp/0").await;
+    burst("/ip4/127.0.0.1/udp/0/quic-v1").await;
+}
