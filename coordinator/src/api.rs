@@ -187,10 +187,10 @@ type Storing = tokio::task::JoinHandle<anyhow::Result<Image>>;
 /// images to the job in upload order, each time every consecutive image
 /// already stored in one batch, so agents start on the first (largest, if
 /// the client sends them so) images before the last ones are in, and a job
-/// of many small images costs a few transactions rather than one per image. The job is
-/// acknowledged only when [`Upload::seal`] has written that every image
-/// arrived; an upload that fails or is cut off drops the job and revokes
-/// its tasks, and a restart drops it too.
+/// of many small images costs a few transactions rather than one per
+/// image. The job is acknowledged only when [`Upload::seal`] has written
+/// that every image arrived; an upload that fails or is cut off drops the
+/// job and revokes its tasks, and a restart drops it too.
 struct Upload {
     coordinator: Arc<Coordinator>,
     /// The job, once the spec has been read and the job written.

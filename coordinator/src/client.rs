@@ -65,7 +65,9 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: Http,
-    uploader: Uploader,
+    /// Built on the first upload: commands that send no images need no
+    /// runtime of their own.
+    uploader: std::sync::OnceLock<Uploader>,
 }
 
 impl Remote {
@@ -95,12 +97,11 @@ impl Remote {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("cannot build the HTTP client")?;
-        let uploader = Uploader::new().context("cannot build the HTTP client")?;
         Ok(Client {
             base,
             token,
             http,
-            uploader,
+            uploader: std::sync::OnceLock::new(),
         })
     }
 }
@@ -213,9 +214,16 @@ impl Client {
 
     /// `POST /v1/jobs` with `upload`; the coordinator's answer.
     pub fn upload(&self, upload: MultipartUpload, bar: &ProgressBar) -> Result<Value> {
+        let uploader = match self.uploader.get() {
+            Some(u) => u,
+            None => {
+                let built = Uploader::new().context("cannot build the HTTP client")?;
+                self.uploader.get_or_init(|| built)
+            }
+        };
         let url = format!("{}/v1/jobs", self.base);
         let (status, body) = upload
-            .post(&self.uploader, &url, self.token.as_deref(), bar.clone())
+            .post(uploader, &url, self.token.as_deref(), bar.clone())
             .map_err(|e| match e {
                 UploadError::Source(cause) => anyhow::anyhow!("submit: {cause}"),
                 UploadError::Http(e) => self.unreachable("submit", &e),
@@ -427,7 +435,9 @@ impl MultipartUpload {
 
 /// What sends streamed uploads: an HTTP client that takes a body of
 /// chunks, and the runtime it runs on while a call waits for it. Kept for
-/// the life of a [`Client`], so uploads reuse the connection.
+/// the life of a [`Client`], so uploads reuse the connection. (reqwest's
+/// blocking client can stream a reader too, but it hands the body to the
+/// connection 8 KB at a time.)
 #[derive(Debug)]
 pub(crate) struct Uploader {
     runtime: tokio::runtime::Runtime,
